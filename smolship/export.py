@@ -1,0 +1,40 @@
+"""The export chain for one (target, recipe): lower -> package -> validate -> atomic rename.
+
+No bundle appears under --out unless every step succeeded, and every bundle's manifest carries its
+measured parity and latency.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from smolship.bundle import atomic_bundle, new_manifest, write_manifest
+from smolship.exporter.sources import SourceModel
+from smolship.targets import ExportOptions, Recipe, get_target
+from smolship.targets.base import no_progress
+from smolship.validation.validate import Validator, save_validation
+
+
+def bundle_name(target: str, recipe: str) -> str:
+    return f"{target}-{recipe}"
+
+
+def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Path,
+                  options: ExportOptions | None = None, validator: Validator | None = None,
+                  force: bool = False, progress=no_progress) -> tuple[Path, dict]:
+    """Export, package and (unless validator is None) validate one bundle; returns (path, manifest)."""
+    options = options or ExportOptions()
+    target = get_target(target_name)
+    final = Path(out) / bundle_name(target_name, recipe.name)
+    with atomic_bundle(final, force=force) as tmp:
+        result = target.export(source, recipe, tmp, options, progress)
+        source.tokenizer.save(tmp)
+        (tmp / "generation_config.json").write_text(json.dumps(source.tokenizer.generation_config(), indent=2))
+        manifest = new_manifest(source, target_name, recipe, target.runtime_versions(), result.files,
+                                result.info, options.max_seq_len)
+        write_manifest(tmp, manifest)
+        if validator is not None:
+            progress("validating", 0.0)
+            save_validation(tmp, manifest, validator.validate(tmp, manifest, progress))
+    return final, manifest

@@ -1,0 +1,84 @@
+"""The one interface every artifact is driven through, and the PyTorch reference that implements it.
+
+A `Runner` owns a KV cache: `prefill(ids)` starts a sequence and returns the logits of every prompt
+position, `decode(token)` appends one token and returns its logits, `reset()` empties the cache.
+Parity, latency and chat all go through this interface, so every target is measured by running its
+artifact in its real runtime through its own KV-cache loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from smolship.errors import SmolshipError
+
+
+class Runner(ABC):
+    name: str = "runner"
+    max_seq_len: int = 2048
+
+    @abstractmethod
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Reset the cache, run `ids`; return float32 logits (len(ids), vocab)."""
+
+    @abstractmethod
+    def decode(self, token: int) -> np.ndarray:
+        """Append one token at the next position; return float32 logits (vocab,)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the sequence so the next call is a prefill."""
+
+    def close(self) -> None:
+        """Release runtime resources (optional)."""
+
+    def _check_room(self, pos: int, n: int) -> None:
+        if pos + n > self.max_seq_len:
+            raise SmolshipError(
+                f"The sequence would reach {pos + n} tokens but this artifact's KV cache holds {self.max_seq_len}.",
+                "Use a shorter prompt / fewer new tokens, or re-export with a larger --max-seq-len.",
+            )
+
+
+class ReferenceRunner(Runner):
+    """The PyTorch model (exporter.model.Llama, static in-place cache) in fp32 eager mode."""
+
+    name = "reference"
+
+    def __init__(self, model, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model
+        self.max_seq_len = model.max_seq_len
+        self.pos = 0
+
+    @classmethod
+    def from_source(cls, source, max_seq_len: int = 2048, threads: int | None = None) -> "ReferenceRunner":
+        return cls(source.build(max_seq_len=max_seq_len), threads=threads)
+
+    def reset(self) -> None:
+        self.pos = 0  # stale cache slots are masked out, so no need to zero them
+
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self.reset()
+        self._check_room(0, len(ids))
+        logits = self.model(torch.tensor([list(ids)], dtype=torch.int64), torch.tensor([0]))
+        self.pos = len(ids)
+        return logits[0].numpy()
+
+    @torch.inference_mode()
+    def decode(self, token: int) -> np.ndarray:
+        self._check_room(self.pos, 1)
+        logits = self.model(torch.tensor([[token]], dtype=torch.int64), torch.tensor([self.pos]))
+        self.pos += 1
+        return logits[0, -1].numpy()
+
+    @torch.inference_mode()
+    def full_logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits of a whole sequence in one call (same math as prefill)."""
+        return self.prefill(ids)

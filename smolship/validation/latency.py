@@ -1,0 +1,91 @@
+"""Latency of a Runner: prefill tok/s (128-token prompt), decode tok/s (128 new tokens), time to first
+token; median over several runs after one warm-up. Peak RSS comes from a fresh worker process
+(`python -m smolship.validation.bench_worker`) so one bundle's memory never leaks into another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smolship.errors import SmolshipError
+from smolship.runner import Runner
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    prompt_tokens: int = 128
+    new_tokens: int = 128
+    runs: int = 3
+    threads: int | None = None
+
+
+def bench_prompt(vocab_size: int, n: int, seed: int = 0) -> list[int]:
+    # Fixed pseudo-random ids: cost depends on length, not content.
+    return [int(x) for x in np.random.default_rng(seed).integers(100, min(vocab_size, 40000), size=n)]
+
+
+def measure_latency(runner: Runner, vocab_size: int, settings: LatencySettings = LatencySettings()) -> dict:
+    prompt = bench_prompt(vocab_size, settings.prompt_tokens)
+    new = min(settings.new_tokens, runner.max_seq_len - len(prompt) - 1)
+    prefill_s, ttft_s, decode_s = [], [], []
+    for run in range(settings.runs + 1):  # run 0 warms up caches and kernels
+        t0 = time.perf_counter()
+        logits = runner.prefill(prompt)
+        tok = int(np.argmax(logits[-1]))
+        t1 = time.perf_counter()
+        for _ in range(new):
+            tok = int(np.argmax(runner.decode(tok)))
+        t2 = time.perf_counter()
+        if run:
+            prefill_s.append(t1 - t0)
+            ttft_s.append(t1 - t0)
+            decode_s.append(t2 - t1)
+    med = statistics.median
+    return {
+        "prefill_tok_s": round(settings.prompt_tokens / med(prefill_s), 2),
+        "decode_tok_s": round(new / med(decode_s), 2),
+        "ttft_ms": round(1000 * med(ttft_s), 2),
+        "runs": settings.runs,
+        "prompt_tokens": settings.prompt_tokens,
+        "new_tokens": new,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def thread_env(threads: int | None) -> dict:
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+    return env
+
+
+def latency_in_worker(what: str, settings: LatencySettings = LatencySettings(), timeout: int = 1800) -> dict:
+    """Run measure_latency in a fresh process; `what` is a bundle path or 'reference:<model spec>'."""
+    cmd = [sys.executable, "-m", "smolship.validation.bench_worker", str(what),
+           "--runs", str(settings.runs), "--prompt-tokens", str(settings.prompt_tokens),
+           "--new-tokens", str(settings.new_tokens)]
+    if settings.threads:
+        cmd += ["--threads", str(settings.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(settings.threads), timeout=timeout)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise SmolshipError(f"The latency worker failed for '{what}':\n{tail}",
+                            "Run `smolship validate` on the bundle to see whether the artifact loads.")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["threads"] = settings.threads or os.cpu_count()
+    return result
+
+
+def reference_label(path: str | Path) -> str:
+    return f"reference:{path}"
