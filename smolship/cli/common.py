@@ -1,0 +1,73 @@
+"""Shared CLI pieces: option aliases, error display, progress bars, JSON/table output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from smolship.errors import SmolshipError
+
+console = Console(stderr=True)
+out_console = Console()
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the runtimes (default: all cores).")
+EvalFileOpt = typer.Option(None, "--eval-file", help="Your own eval text (blank-line separated) or .jsonl.")
+EvalTokensOpt = typer.Option(4096, "--eval-tokens", help="Eval tokens for parity (0 = the whole eval set, ~10k tokens).")
+
+
+def fail(problem: str, fix: str) -> None:
+    raise SmolshipError(problem, fix)
+
+
+def print_error(err: SmolshipError) -> None:
+    console.print(f"[bold red]Error:[/] {err.problem}\n[bold]Fix:[/] {err.fix}", highlight=False, soft_wrap=True)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator:
+    """Yield progress(desc, fraction) for long steps; silent for --json or non-terminals."""
+    if not enabled or not console.is_terminal:
+        yield lambda desc, frac: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=1.0)
+        yield lambda desc, frac: bar.update(task, description=desc[:60], completed=max(0.0, min(1.0, frac)))
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 10 ** -digits:
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="left" if c in ("bundle", "target", "recipe", "metric", "key", "value") else "right")
+    for r in rows:
+        t.add_row(*[fmt(v) for v in r])
+    return t
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("SMOLSHIP_DEBUG", "") not in ("", "0")

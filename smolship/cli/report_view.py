@@ -1,0 +1,16 @@
+"""Terminal tables for bundle results (shared by export, validate and bench)."""
+
+from __future__ import annotations
+
+from smolship.cli.common import table
+
+COLUMNS = ["bundle", "size_mb", "kld_mean", "top1_agreement", "max_abs_logit_diff", "nll_delta", "greedy_match",
+           "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb", "runtime_ran"]
+
+
+def bundle_rows_table(rows: list[dict], title: str, columns: list[str] = COLUMNS):
+    short = {"top1_agreement": "top1", "max_abs_logit_diff": "max|Δlogit|", "greedy_match": "greedy",
+             "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "peak_rss_mb": "peak RSS MB",
+             "runtime_ran": "runtime ran", "size_mb": "size MB"}
+    t = table(title, [short.get(c, c) for c in columns], [[r.get(c) for c in columns] for r in rows])
+    return t

@@ -1,0 +1,86 @@
+"""`smolship validate` (parity + latency of bundles) and `smolship bench` (latency only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from smolship.bundle import read_manifest, verify_files
+from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, out_console, print_json, progress_bar
+from smolship.cli.report_view import bundle_rows_table
+from smolship.errors import SmolshipError
+from smolship.validation.latency import LatencySettings, latency_in_worker
+from smolship.validation.report import bundle_row, machine_info
+from smolship.validation.validate import ValidationSettings, Validator, source_for
+
+
+def _manifests(bundles: list[Path]) -> list[dict]:
+    manifests = []
+    for b in bundles:
+        m = read_manifest(b)
+        bad = verify_files(b, m)
+        if bad:
+            raise SmolshipError(f"Bundle '{b}' was modified after export: {', '.join(bad[:5])} no longer match manifest.json.",
+                                "Re-export the bundle; never edit files inside it.")
+        manifests.append(m)
+    return manifests
+
+
+def validate(
+    bundles: List[Path] = typer.Argument(..., help="Bundle folders written by `smolship export`."),
+    model: Optional[str] = typer.Option(None, "--model", help="Source model, if not where the manifest says."),
+    eval_file: Optional[Path] = EvalFileOpt,
+    eval_tokens: Optional[int] = EvalTokensOpt,
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Also measure latency."),
+    threads: Optional[int] = ThreadsOpt,
+    json_out: bool = JsonOpt,
+):
+    """Measure each bundle against the PyTorch reference in its real runtime."""
+    manifests = _manifests(bundles)
+    settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
+                                  latency=LatencySettings(threads=threads))
+    validators: dict[str, Validator] = {}
+    rows = []
+    for bundle, manifest in zip(bundles, manifests):
+        key = manifest["source"].get("sha256") or manifest["source"]["ref"]
+        if key not in validators:
+            validators[key] = Validator(source_for(manifest, model), settings)
+        with progress_bar(not json_out) as progress:
+            result = validators[key].validate(bundle, manifest, progress)
+        rows.append(bundle_row(bundle, manifest, result))
+    if json_out:
+        print_json({"machine": machine_info(threads), "rows": rows})
+    else:
+        out_console.print(bundle_rows_table(rows, "smolship validate"))
+        for r in rows:
+            if r.get("runtime_note"):
+                out_console.print(f"[yellow]{r['bundle']}:[/] {r['runtime_note']}")
+
+
+def bench(
+    bundles: List[Path] = typer.Argument(..., help="Bundle folders written by `smolship export`."),
+    threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread counts to measure (repeatable)."),
+    runs: int = typer.Option(3, "--runs", help="Timed runs per measurement (median reported)."),
+    reference: bool = typer.Option(False, "--reference", help="Also measure the PyTorch reference runner."),
+    json_out: bool = JsonOpt,
+):
+    """Latency of each bundle in its real runtime: prefill/decode tok/s, TTFT, peak RSS, size."""
+    manifests = _manifests(bundles)
+    rows = []
+    for t in threads or [None]:
+        settings = LatencySettings(runs=runs, threads=t)
+        if reference:
+            spec = manifests[0]["source"]["ref"]
+            rows.append({"bundle": "reference (PyTorch fp32)", "target": "reference", "recipe": "fp32",
+                         **latency_in_worker(f"reference:{spec}", settings)})
+        for bundle, manifest in zip(bundles, manifests):
+            row = bundle_row(bundle, manifest, validation={})
+            row.update(latency_in_worker(bundle, settings))
+            rows.append(row)
+    if json_out:
+        print_json({"machine": machine_info(), "rows": rows})
+    else:
+        cols = ["bundle", "size_mb", "threads", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb"]
+        out_console.print(bundle_rows_table(rows, "smolship bench", cols))

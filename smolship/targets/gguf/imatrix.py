@@ -1,0 +1,60 @@
+"""An importance matrix for llama.cpp's quantizer, measured on the PyTorch reference.
+
+llama.cpp's imatrix is, per weight matrix, the mean over calibration tokens of the squared input
+activation of each column (``E[x_j^2]``, one value per input feature); its quantizers then minimise
+``sum_j E[x_j^2] (w_j - q_j)^2`` instead of plain rounding error. The same numbers come from forward
+pre-hooks on the reference model's linears, so no llama.cpp `imatrix` run is needed. The values do not
+depend on Q/K row permutation (they index input columns, not rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from smolship.exporter.model import CacheMode
+from smolship.exporter.naming import ours_to_gguf
+
+CHUNK = 512  # tokens per reference forward, as llama.cpp's imatrix tool uses
+
+
+def calibration_chunks(source, text: str | None, max_tokens: int = 8192) -> tuple[list[list[int]], str]:
+    """Token chunks to calibrate on and a label: `text` if given, else the built-in eval set."""
+    if text:
+        ids = source.tokenizer.encode(text)[:max_tokens]
+        return [ids[i: i + CHUNK] for i in range(0, len(ids), CHUNK) if len(ids[i: i + CHUNK]) > 1], "calibration_text"
+    from smolship.validation.evalset import load_eval
+
+    docs = load_eval(source.tokenizer, max_tokens=max_tokens)
+    return [list(d.ids) for d in docs], "smolship eval set"
+
+
+@torch.inference_mode()
+def importance_matrix(source, chunks: list[list[int]]) -> dict[str, np.ndarray]:
+    """GGUF tensor name -> float32 [in_features] mean squared input activation."""
+    longest = max(len(c) for c in chunks)
+    model = source.build(max_seq_len=longest, cache_mode=CacheMode.BUFFERS)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook_for(name: str):
+        def hook(_module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()  # (tokens, in)
+            sums[name] = sums.get(name, 0) + x.pow(2).sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return hook
+
+    for ours, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            key = f"{ours}.weight"
+            if key == "lm_head.weight" and source.config.tie_word_embeddings:
+                key = "embed_tokens.weight"  # llama.cpp records the tied lm_head under token_embd
+            hooks.append(module.register_forward_pre_hook(hook_for(ours_to_gguf(key))))
+    try:
+        for ids in chunks:
+            model(torch.tensor([ids], dtype=torch.int64), torch.tensor([0]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: (s / counts[name]).float().numpy() for name, s in sums.items()}

@@ -1,0 +1,132 @@
+"""Which ggml type each tensor gets, and which tensors are copied bit for bit from a GGUF source.
+
+Rules, first match wins (after ExecuTorch's QuantRule tables): 1-D tensors (norms) stay F32; a
+user pattern from ``ExportOptions.extra["tensor_types"]`` (regex on the GGUF name -> type); the token
+embedding / untied output (``extra["embedding_type"]``, else F16 with ``keep_embeddings_fp``, else Q8_0 in
+low-bit recipes); otherwise the recipe's type. A tensor whose source GGUF already holds it in the
+chosen type is copied, never dequantized and quantized again.
+
+For the llama.cpp recipes this module only plans the *intermediate* file: source blocks as they are
+(llama.cpp copies any tensor whose type it keeps and dequantizes the rest itself), F32 otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from smolship.errors import SmolshipError
+from smolship.exporter.naming import ours_to_gguf
+from smolship.targets.gguf.recipes import EMBEDDING_FP_TYPE, EMBEDDING_TYPE, GGUFRecipe, Quantizer
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+EMBEDDING_NAMES = ("token_embd.weight", "output.weight")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str  # GGUF name
+    ours: str  # key in SourceModel.state_dict
+    shape: tuple[int, ...]  # PyTorch order (out, in)
+    type: str  # ggml type name written to the file
+    copy: bool  # raw blocks from the source GGUF
+
+
+def ggml_type(name: str):
+    import gguf
+
+    try:
+        return gguf.GGMLQuantizationType[name.upper()]
+    except KeyError:
+        raise SmolshipError(f"'{name}' is not a ggml tensor type.",
+                            "Use a type name such as F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.") from None
+
+
+def block_size(type_name: str) -> int:
+    import gguf
+
+    return gguf.GGML_QUANT_SIZES[ggml_type(type_name)][0]
+
+
+def embedding_type(grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> str | None:
+    """Type forced on token_embd/output, or None to let the recipe (or llama.cpp) decide."""
+    if extra.get("embedding_type"):
+        return ggml_type(extra["embedding_type"]).name
+    if grecipe.weight_type in FLOAT_TYPES:
+        return None
+    if keep_fp:
+        return EMBEDDING_FP_TYPE
+    return EMBEDDING_TYPE if grecipe.low_bit else None
+
+
+def user_rules(extra: dict) -> list[tuple[re.Pattern, str]]:
+    rules = []
+    for pattern, type_name in (extra.get("tensor_types") or {}).items():
+        try:
+            rules.append((re.compile(pattern), ggml_type(type_name).name))
+        except re.error as e:
+            raise SmolshipError(f"tensor_types pattern '{pattern}' is not a valid regular expression ({e}).",
+                                "Pass patterns such as r'attn_v\\.weight$' mapped to a type name.") from None
+    return rules
+
+
+def choose_type(name: str, shape: tuple[int, ...], grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> str:
+    if len(shape) == 1:
+        return "F32"
+    for pattern, type_name in user_rules(extra):
+        if pattern.search(name):
+            return type_name
+    if name in EMBEDDING_NAMES:
+        return embedding_type(grecipe, keep_fp, extra) or grecipe.weight_type
+    return grecipe.weight_type
+
+
+def check_fits(name: str, shape: tuple[int, ...], type_name: str, recipe_name: str) -> None:
+    """A matrix row must hold whole blocks; refuse rather than silently write something else."""
+    qk = block_size(type_name)
+    if len(shape) == 2 and shape[1] % qk:
+        raise SmolshipError(
+            f"Type {type_name} (recipe {recipe_name}) stores rows in blocks of {qk} values, but tensor '{name}' has rows "
+            f"of {shape[1]} values; this model cannot be exported with it.",
+            "Choose f16, bf16 or f32 for this model (or a model whose hidden and MLP sizes are multiples of 32).",
+        )
+
+
+def source_type(source, name: str, shape: tuple[int, ...]) -> str | None:
+    """The ggml type of `name` in the source GGUF when its shape matches, else None."""
+    if source.gguf is None or name not in source.gguf.tensors:
+        return None
+    t = source.gguf.tensors[name]
+    if tuple(reversed([int(d) for d in t.shape])) != tuple(shape):
+        raise SmolshipError(
+            f"Tensor '{name}' is {list(reversed([int(d) for d in t.shape]))} in '{source.gguf.path}' but {list(shape)} "
+            "in the loaded weights.", "Reload the model from an unmodified file.")
+    return t.tensor_type.name
+
+
+def tensor_names(source) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(GGUF name, our name, shape) for every weight the file holds; a tied output is not duplicated."""
+    out = []
+    for ours, w in source.state_dict.items():
+        if ours == "lm_head.weight" and source.config.tie_word_embeddings:
+            continue
+        try:
+            out.append((ours_to_gguf(ours), ours, tuple(w.shape)))
+        except KeyError:
+            raise SmolshipError(f"Weight '{ours}' has no place in llama.cpp's Llama layout.",
+                                "Pass a plain LlamaForCausalLM checkpoint (no adapters or extra heads).") from None
+    return out
+
+
+def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> list[TensorPlan]:
+    plans = []
+    for name, ours, shape in tensor_names(source):
+        src_type = source_type(source, name, shape)
+        if grecipe.quantizer is Quantizer.LLAMA_CPP:  # intermediate: source blocks or F32
+            check_fits(name, shape, "Q8_0", grecipe.recipe.name)  # k-quants fall back to 32-blocks, no further
+            plans.append(TensorPlan(name, ours, shape, src_type or "F32", src_type is not None))
+            continue
+        want = choose_type(name, shape, grecipe, keep_fp, extra)
+        check_fits(name, shape, want, grecipe.recipe.name)
+        plans.append(TensorPlan(name, ours, shape, want, want == src_type))
+    return plans

@@ -1,0 +1,133 @@
+"""The GGUF target: one llama.cpp-ready `model.gguf` per recipe, validated inside llama.cpp itself.
+
+The chain: check the source -> plan each tensor's type (plan.py) -> write with gguf-py (writer.py),
+either the final file (float and 32-block types) or an intermediate that llama.cpp's own quantizer
+turns into a k-quant mixture (quantize.py, with an importance matrix from imatrix.py).
+
+Target-specific knobs in ``ExportOptions.extra``:
+  ``embedding_type``  ggml type for token_embd / untied output (e.g. "Q4_0" for an all-4-bit variant)
+  ``tensor_types``    {regex on GGUF tensor name: ggml type}, first match wins (both quantizers)
+  ``imatrix``         False to quantize k-quants without an importance matrix (default True)
+  ``quantizer``       "llama.cpp" to send a 32-block type through llama.cpp (with the imatrix) too
+  ``threads``         quantizer threads (default: all cores)
+  ``license``         general.license when the source does not say
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import llama_cpp  # noqa: F401  (the registry imports this module only when llama_cpp is installed)
+import numpy as np
+
+from smolship.errors import SmolshipError
+from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
+from smolship.targets.gguf.imatrix import calibration_chunks, importance_matrix
+from smolship.targets.gguf.plan import embedding_type, plan_tensors
+from smolship.targets.gguf.quantize import llama_quantize
+from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
+from smolship.targets.gguf.runner import LlamaCppRunner
+from smolship.targets.gguf.index import tensor_bytes, tensor_table, type_counts
+from smolship.targets.gguf.writer import write_gguf
+
+MODEL_FILE = "model.gguf"
+INTERMEDIATE = ".intermediate.gguf"
+
+
+def check_source(source) -> None:
+    g = source.gguf
+    if g is None:
+        return
+    arch = g.fields.get("general.architecture")
+    if arch != "llama":
+        raise SmolshipError(f"'{Path(g.path).name}' holds a '{arch}' model; the GGUF target writes llama.cpp's "
+                            "'llama' architecture only.", "Pass a Llama-architecture model (SmolLM2, Llama, TinyLlama...).")
+
+
+def gguf_recipe(recipe: Recipe, extra: dict) -> GGUFRecipe:
+    if recipe.name not in GGUF_RECIPES:
+        raise SmolshipError(f"The gguf target has no recipe '{recipe.name}'.", f"Choose one of: {', '.join(GGUF_RECIPES)}.")
+    grecipe = GGUF_RECIPES[recipe.name]
+    if extra.get("quantizer") == Quantizer.LLAMA_CPP.value and grecipe.weight_type not in ("F32", "F16", "BF16"):
+        grecipe = dataclasses.replace(grecipe, quantizer=Quantizer.LLAMA_CPP)
+    return grecipe
+
+
+def copied_tensor_count(out: Path, source) -> int:
+    """Tensors of `out` whose bytes equal the source GGUF's (checked, not assumed)."""
+    if source.gguf is None:
+        return 0
+    n = 0
+    for entry in tensor_table(out):
+        s = source.gguf.tensors.get(entry.name)
+        if s is not None and s.tensor_type.name == entry.type and int(s.n_bytes) == entry.nbytes \
+                and np.array_equal(np.asarray(s.data).view(np.uint8).reshape(-1), tensor_bytes(out, entry)):
+            n += 1
+    return n
+
+
+class GGUFTarget(Target):
+    name = "gguf"
+    extra = "gguf"
+    recipes = RECIPES
+    default_recipes = DEFAULT_RECIPES
+
+    def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
+               progress: Progress = no_progress) -> ExportResult:
+        extra = options.extra or {}
+        grecipe = gguf_recipe(recipe, extra)
+        check_source(model)
+        plans = plan_tensors(model, grecipe, options.keep_embeddings_fp, extra)
+        out = Path(out_dir) / MODEL_FILE
+        context = model.config.max_position_embeddings
+        info: dict = {"gguf_file": MODEL_FILE, "quantizer": grecipe.quantizer.value, "llama_ftype": grecipe.ftype}
+        if grecipe.quantizer is Quantizer.GGUF_PY:
+            write_gguf(out, model, plans, grecipe.ftype, context, options_extra=extra, progress=progress)
+        else:
+            info.update(self._llama_cpp_export(model, grecipe, plans, Path(out_dir), options, progress))
+        progress("gguf: checking", 1.0)
+        info["tensor_types"] = type_counts(out)
+        info["embedding_type"] = next((t.type for t in plans if t.name == "token_embd.weight"), None) \
+            if grecipe.quantizer is Quantizer.GGUF_PY else embedding_type(grecipe, options.keep_embeddings_fp, extra)
+        info["copied_from_source"] = copied_tensor_count(out, model)
+        info["tied_embeddings"] = model.config.tie_word_embeddings
+        return ExportResult(files=[MODEL_FILE], info=info)
+
+    def _llama_cpp_export(self, model, grecipe: GGUFRecipe, plans, out_dir: Path, options: ExportOptions,
+                          progress: Progress) -> dict:
+        extra = options.extra or {}
+        inter = out_dir / INTERMEDIATE
+        imatrix, imatrix_info = None, None
+        if extra.get("imatrix", True):
+            progress("gguf: importance matrix", 0.0)
+            chunks, label = calibration_chunks(model, options.calibration_text)
+            imatrix = importance_matrix(model, chunks)
+            imatrix_info = {"dataset": label, "tokens": sum(map(len, chunks)), "entries": len(imatrix)}
+        kv = {}
+        if imatrix_info:  # llama-quantize's convention, so other tools see how the file was made
+            kv = {"quantize.imatrix.dataset": imatrix_info["dataset"], "quantize.imatrix.entries_count": imatrix_info["entries"],
+                  "quantize.imatrix.chunks_count": len(chunks)}
+        try:
+            write_gguf(inter, model, plans, 0, model.config.max_position_embeddings, extra_kv=kv, options_extra=extra,
+                       progress=lambda d, f: progress(d, 0.5 * f))
+            progress("gguf: llama.cpp quantize", 0.5)
+            log = llama_quantize(inter, out_dir / MODEL_FILE, grecipe.ftype,
+                                 embedding_type=embedding_type(grecipe, options.keep_embeddings_fp, extra),
+                                 tensor_types=extra.get("tensor_types"), imatrix=imatrix, threads=int(extra.get("threads", 0)))
+        finally:
+            inter.unlink(missing_ok=True)
+        fallbacks = [ln.strip() for ln in log if "falling back" in ln or "not divisible" in ln]
+        return {"imatrix": imatrix_info, "llama_cpp_fallbacks": len([ln for ln in fallbacks if "falling back" in ln])}
+
+    def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> LlamaCppRunner:
+        name = (manifest.get("target_info") or {}).get("gguf_file", MODEL_FILE)
+        path = Path(bundle) / name
+        if not path.is_file():
+            raise SmolshipError(f"The bundle '{bundle}' has no {name}.", "Re-export the bundle with `smolship export --target gguf`.")
+        return LlamaCppRunner(path, max_seq_len=int(manifest.get("max_seq_len", 2048)), threads=threads)
+
+    def runtime_versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {"llama_cpp_python": llama_cpp.__version__, "gguf": version("gguf")}

@@ -1,0 +1,138 @@
+"""torch.onnx (dynamo) export of the decoder into an onnx_ir model with readable initializer names.
+
+One graph serves prefill (any prompt length) and decode: the prompt length T and the past / total
+lengths are dynamic dimensions. The result stays an `onnx_ir.Model` (no 2 GB protobuf limit) until
+`save_model` writes it, with external data when the weights pass `EXTERNAL_DATA_BYTES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from smolship.exporter.model import CacheMode
+from smolship.targets.onnx.graph_model import ExplicitDecoder, FusedDecoder, io_names
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
+GRAPHS = ("fused", "plain")
+
+
+def build_module(source, graph: str, max_seq_len: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The nn.Module to export: FusedDecoder (ORT contrib ops) or ExplicitDecoder (standard ops)."""
+    if graph == "fused":
+        module = FusedDecoder(source.config, source.state_dict, max_seq_len)
+    elif graph == "plain":
+        module = ExplicitDecoder(source.build(max_seq_len=max_seq_len, cache_mode=CacheMode.EXPLICIT))
+    else:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+    return module.to(dtype).eval()
+
+
+def example_inputs(cfg, graph: str, max_seq_len: int, dtype: torch.dtype) -> tuple:
+    """Example (input_ids, attention_mask, *past) with distinct sizes so no dimension specialises."""
+    t, p = 3, 5
+    past_len = max_seq_len if graph == "fused" else p  # fused: the shared buffer is always max_seq_len long
+    past = [torch.zeros(1, cfg.num_kv_heads, past_len, cfg.head_dim, dtype=dtype) for _ in range(2 * cfg.num_layers)]
+    if graph == "fused":
+        past = [torch.randn_like(x) for x in past]
+    return (torch.randint(0, cfg.vocab_size, (1, t)), torch.ones(1, p + t, dtype=torch.int64), *past)
+
+
+def dynamic_shapes(cfg, graph: str) -> tuple:
+    """Per-argument dims; the varargs past is one list entry (torch.export sees it as a tuple)."""
+    seq = torch.export.Dim("sequence_length", max=8192)
+    total = torch.export.Dim("total_sequence_length", max=16384)
+    if graph == "fused":
+        past_dim = {2: torch.export.Dim("past_buffer_length", max=16384)}
+        return ({1: seq}, {1: total}, tuple([past_dim] * (2 * cfg.num_layers)))
+    past_dim = {2: torch.export.Dim("past_sequence_length", max=16384)}
+    return ({1: seq}, {1: total}, tuple([past_dim] * (2 * cfg.num_layers)))
+
+
+def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: torch.dtype = torch.float32):
+    """Export `source` (a SourceModel) and return an onnx_ir.Model with named inputs/outputs/weights."""
+    from smolship.targets.onnx.contrib_ops import translations
+
+    cfg = source.config
+    module = build_module(source, graph, max_seq_len, dtype)
+    inputs, outputs = io_names(cfg.num_layers)
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, example_inputs(cfg, graph, max_seq_len, dtype), dynamo=True, optimize=True,
+            input_names=inputs, output_names=outputs, dynamic_shapes=dynamic_shapes(cfg, graph),
+            custom_translation_table=translations() if graph == "fused" else None, verbose=False,
+        )
+    model = program.model
+    _name_initializers(model)
+    model.graph.name = f"smolship_{source.name}_{graph}"
+    return model
+
+
+def _name_initializers(model) -> None:
+    """Give folded weights (val_123) their module path, e.g. layers.3.qkv_proj, from the node metadata."""
+    taken = set(model.graph.initializers)
+    for node in model.graph:
+        if node.op_type not in ("MatMul", "Gather") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1] if node.op_type == "MatMul" else node.inputs[0]
+        if w is None or not w.is_initializer() or not w.name.startswith("val_"):
+            continue
+        scope = node.metadata_props.get("pkg.torch.onnx.name_scopes", "")
+        path = _scope_path(scope)
+        if path and path not in taken:
+            del model.graph.initializers[w.name]
+            w.name = path
+            model.graph.register_initializer(w)
+            taken.add(path)
+
+
+def _scope_path(scope: str) -> str:
+    """'["", "layers.0", ...]' -> the last module path the node belongs to."""
+    import json
+
+    try:
+        names = json.loads(scope)
+    except (json.JSONDecodeError, TypeError):
+        return ""
+    names = [n for n in names if n]
+    return names[-1] if names else ""
+
+
+def save_model(model, folder: Path, force_external: bool = False) -> list[str]:
+    """Write model.onnx (+ model.onnx.data when large); returns the file names written."""
+    import onnx_ir as ir
+
+    folder = Path(folder)
+    nbytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if nbytes > EXTERNAL_DATA_BYTES or force_external:
+        ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=1024)
+        return [MODEL_FILE, DATA_FILE]
+    ir.save(model, folder / MODEL_FILE)
+    return [MODEL_FILE]
+
+
+class _quiet_exporter:
+    """torch.onnx prints progress lines and warnings on every export; keep the CLI output clean."""
+
+    def __enter__(self):
+        self._level = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        self._devnull = open(os.devnull, "w")
+        import contextlib
+
+        self._redirect = contextlib.redirect_stdout(self._devnull)
+        self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._redirect.__exit__(*exc)
+        self._devnull.close()
+        logging.getLogger("torch.onnx").setLevel(self._level)
+        return False

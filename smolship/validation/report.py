@@ -1,0 +1,80 @@
+"""Cross-bundle report: one row per bundle with parity, latency and whether the real runtime ran it.
+
+Written as report.json (machines), report.md (humans, PRs) next to the bundles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from smolship import __version__
+from smolship.bundle import read_manifest
+
+ROW_KEYS = ["target", "recipe", "precision", "size_mb", "kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
+            "nll_ref", "nll_delta", "greedy_match", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb",
+            "threads", "runtime_ran", "runtime_note"]
+
+
+def bundle_row(bundle: Path, manifest: dict | None = None, validation: dict | None = None) -> dict:
+    manifest = manifest or read_manifest(bundle)
+    v = validation if validation is not None else (manifest.get("validation") or {})
+    row = {"bundle": Path(bundle).name, "path": str(bundle), "target": manifest["target"],
+           "recipe": manifest["quant"]["recipe"], "precision": manifest["quant"]["precision"],
+           "size_mb": manifest.get("size_mb")}
+    for k in ROW_KEYS:
+        row.setdefault(k, v.get(k))
+    if "weight_parity" in v:
+        row["weight_parity"] = v["weight_parity"]
+    return row
+
+
+def machine_info(threads: int | None = None) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "executorch", "torchao", "onnxruntime", "onnxruntime-genai", "onnx", "coremltools",
+                "llama-cpp-python", "gguf", "transformers"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "system": f"{platform.system()} {platform.release()}", "cpu_count": os.cpu_count(),
+            "threads": threads or os.cpu_count(), "python": platform.python_version(),
+            "smolship": __version__, "libraries": versions}
+
+
+def build_report(bundles: list[Path], source_name: str | None = None, threads: int | None = None) -> dict:
+    return {"source": source_name, "machine": machine_info(threads), "rows": [bundle_row(b) for b in bundles]}
+
+
+def markdown(report: dict) -> str:
+    cols = ["bundle", "size_mb", "kld_mean", "top1_agreement", "nll_delta", "greedy_match", "prefill_tok_s",
+            "decode_tok_s", "ttft_ms", "peak_rss_mb", "runtime_ran"]
+    lines = [f"# smolship report: {report.get('source')}", "",
+             f"Machine: {report['machine']['system']} {report['machine']['machine']}, "
+             f"{report['machine']['threads']} threads; libraries: "
+             + ", ".join(f"{k} {v}" for k, v in report["machine"]["libraries"].items()), "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+    notes = {r["runtime_note"] for r in report["rows"] if r.get("runtime_note")}
+    lines += [""] + [f"- {n}" for n in sorted(notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def write_reports(out: Path, bundles: list[Path], source_name: str | None = None, threads: int | None = None) -> dict:
+    report = build_report(bundles, source_name, threads)
+    out = Path(out)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(markdown(report))
+    return report

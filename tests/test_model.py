@@ -1,0 +1,103 @@
+"""The model definition: cache modes agree, the KV loop equals a full forward, and the real 135M
+(and random 360M / 1.7B configs) match transformers' LlamaForCausalLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smolship.exporter import CacheMode, load_model
+from smolship.generate import generate
+from smolship.runner import ReferenceRunner
+
+
+def hf_twin(source):
+    """transformers' LlamaForCausalLM holding the same tensors (no copy: built on meta, assigned)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(LlamaConfig(**source.config.to_hf()))
+    sd = {("lm_head.weight" if k == "lm_head.weight" else "model." + k): v for k, v in source.state_dict.items()}
+    if source.config.tie_word_embeddings:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    hf.load_state_dict(sd, strict=True, assign=True)
+    hf.model.rotary_emb = type(hf.model.rotary_emb)(config=hf.config)  # rebuild the non-persistent inv_freq off meta
+    return hf.eval()
+
+
+def kv_loop_logits(source, ids: list[int], prefill: int) -> torch.Tensor:
+    runner = ReferenceRunner.from_source(source, max_seq_len=len(ids) + 8)
+    rows = [torch.from_numpy(runner.prefill(ids[:prefill]))]
+    rows += [torch.from_numpy(runner.decode(t))[None] for t in ids[prefill:]]
+    return torch.cat(rows)
+
+
+def test_explicit_and_buffer_cache_modes_agree(tiny_model):
+    ids = torch.tensor([tiny_model.tokenizer.encode("Cache modes must agree on every position, step by step.")])
+    buf = tiny_model.build(max_seq_len=64, cache_mode=CacheMode.BUFFERS)
+    exp = tiny_model.build(max_seq_len=64, cache_mode=CacheMode.EXPLICIT)
+    with torch.no_grad():
+        want = buf(ids, torch.tensor([0]))
+        logits, past = exp.forward_explicit(ids[:, :5], exp.empty_past())
+        steps = [logits]
+        for i in range(5, ids.shape[1]):
+            logits, past = exp.forward_explicit(ids[:, i:i + 1], past)
+            steps.append(logits)
+    assert past[0].shape == (1, tiny_model.config.num_kv_heads, ids.shape[1], tiny_model.config.head_dim)
+    # fp32, same ops in a different order: 1e-5 is well above rounding noise for a 2-layer model
+    torch.testing.assert_close(torch.cat(steps, dim=1), want, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_loop_equals_full_forward_and_reset_forgets(tiny_model):
+    ids = tiny_model.tokenizer.encode("One prefill, then one token per step, must equal one big forward pass.")
+    runner = ReferenceRunner.from_source(tiny_model, max_seq_len=64)
+    full = torch.from_numpy(runner.prefill(ids).copy())
+    loop = kv_loop_logits(tiny_model, ids, prefill=4)
+    torch.testing.assert_close(loop, full, atol=1e-5, rtol=1e-5)
+    runner.prefill([5, 6, 7])  # a different sequence in between must not leak into the next one
+    torch.testing.assert_close(torch.from_numpy(runner.prefill(ids)), full, atol=1e-6, rtol=0)
+
+
+def test_runner_refuses_to_overflow_its_cache(tiny_model):
+    from smolship.errors import SmolshipError
+
+    runner = ReferenceRunner.from_source(tiny_model, max_seq_len=8)
+    runner.prefill(list(range(10, 18)))
+    with pytest.raises(SmolshipError, match="KV cache holds 8"):
+        runner.decode(3)
+
+
+@pytest.mark.slow
+def test_real_135m_matches_transformers_over_256_tokens(default_model):
+    """Acceptance: prefill 32 + 224 single-token steps; max |Δlogit| ≤ 1e-4; 64 greedy tokens identical."""
+    from smolship.validation.evalset import load_eval
+
+    ids = [t for doc in load_eval(default_model.tokenizer) for t in doc.ids][:256]  # prose, then chat
+    assert len(ids) == 256
+    hf = hf_twin(default_model)
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0]
+    got = kv_loop_logits(default_model, ids, prefill=32)
+    assert (got - want).abs().max().item() <= 1e-4
+
+    prompt = default_model.tokenizer.encode_chat([{"role": "user", "content": "Tell me about the ocean."}])
+    with torch.no_grad():
+        hf_greedy = hf.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, min_new_tokens=64,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    runner = ReferenceRunner.from_source(default_model, max_seq_len=256)
+    ours = list(generate(runner, prompt, 64))
+    assert ours == hf_greedy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,n_tokens", [("smollm2-360m", 48), ("smollm2-1.7b", 12)])
+def test_random_published_configs_match_transformers(preset, n_tokens):
+    source = load_model(f"random:{preset}")
+    ids = list(range(1000, 1000 + n_tokens))
+    hf = hf_twin(source)
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0]
+    got = kv_loop_logits(source, ids, prefill=n_tokens // 2)
+    # random weights give logits of order 1-10; fp32 through 24-32 layers stays within 1e-4
+    assert (got - want).abs().max().item() <= 1e-4
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
