@@ -1,0 +1,186 @@
+"""Rewrite a float decoder graph into MatMulNBits / GatherBlockQuantized by a small rule table.
+
+`QuantPlan.rules` map weight names (regex, first match wins) to a `BlockQuant` or None (keep float),
+in the spirit of ExecuTorch's QuantRule. Every MatMul whose B is a 2-D float initializer is looked up;
+the token embedding's Gather follows `QuantPlan.embedding`. When the embedding is tied to the lm_head
+and both get the same config, the Gather reads the lm_head's quantized bytes (GatherBlockQuantized
+over a Reshape, as onnxruntime-genai's builder does): one 8-bit copy serves both, and a decode step
+gathers one quantized row instead of dequantizing the table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from smolship.targets.onnx.blockquant import BlockQuant, Quantized, quantize_weight
+from smolship.targets.onnx.calibration import Calibration
+
+MS_DOMAIN = "com.microsoft"
+EMBEDDING = "embed_tokens"
+
+
+@dataclass(frozen=True)
+class QuantRule:
+    pattern: str
+    config: BlockQuant | None
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    rules: tuple[QuantRule, ...]
+    embedding: BlockQuant | None = None
+    accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (the fast CPU kernel)
+
+    def config_for(self, name: str) -> BlockQuant | None:
+        for rule in self.rules:
+            if re.fullmatch(rule.pattern, name):
+                return rule.config
+        return None
+
+    def needs_calibration(self) -> tuple[bool, bool]:
+        """(importance, hessian) needed by any rule."""
+        methods = {r.config.method for r in self.rules if r.config is not None and not r.config.symmetric}
+        return bool(methods & {"mse", "gptq"}), "gptq" in methods
+
+
+@dataclass
+class QuantReport:
+    matmuls: dict[str, str] = field(default_factory=dict)  # weight -> "int4 b32 asym mse"
+    embedding: str = "float"
+    weight_error: dict[str, float] = field(default_factory=dict)  # relative RMS error per weight
+
+    def as_info(self) -> dict:
+        counts: dict[str, int] = {}
+        for desc in self.matmuls.values():
+            counts[desc] = counts.get(desc, 0) + 1
+        return {"matmul_nbits": counts, "embedding": self.embedding,
+                "worst_weight_rel_rms": dict(sorted(self.weight_error.items(), key=lambda kv: -kv[1])[:5])}
+
+
+def describe(cfg: BlockQuant) -> str:
+    return f"int{cfg.bits} b{cfg.block_size} {'sym' if cfg.symmetric else 'asym'} {cfg.method}"
+
+
+def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tied: bool = False,
+                   progress=None) -> QuantReport:
+    """Rewrite `model` (onnx_ir.Model) in place; returns what was done."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    graph.opset_imports.setdefault(MS_DOMAIN, 1)
+    tied = tied and _is_tied(graph)
+    report = QuantReport()
+    matmuls = [n for n in graph if n.op_type == "MatMul" and _weight(n.inputs[1]) is not None]
+    done: dict[str, tuple[Quantized, BlockQuant, dict]] = {}
+    for i, node in enumerate(matmuls):
+        w_value = node.inputs[1]
+        cfg = plan.config_for(w_value.name)
+        if cfg is None:
+            continue
+        w = _weight(w_value)
+        imp = calib.importance.get(w_value.name) if calib else None
+        hes = calib.hessian.get(w_value.name) if calib else None
+        qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
+        names = _add_quantized(graph, w_value.name, qz, cfg)
+        k, n = w.shape
+        new = ir.node("MatMulNBits", [node.inputs[0], *[graph.initializers[x] for x in names.values() if x]],
+                      attributes={"K": k, "N": n, "bits": cfg.bits, "block_size": cfg.block_size,
+                                  "accuracy_level": plan.accuracy_level},
+                      domain=MS_DOMAIN, name=node.name.replace("MatMul", "MatMulNBits") or None)
+        _replace(graph, node, new)
+        report.matmuls[w_value.name] = describe(cfg)
+        report.weight_error[w_value.name] = _rel_rms(w, qz)
+        done[w_value.name] = (qz, cfg, names)
+        if progress:
+            progress(f"quantize {w_value.name}", (i + 1) / len(matmuls))
+    if plan.embedding is not None:
+        report.embedding = _quantize_embedding(graph, plan.embedding, done, tied)
+    _drop_unused_initializers(graph)
+    return report
+
+
+def _is_tied(graph) -> bool:
+    """The lm_head initializer (h, V) is the transposed embedding (V, h), value for value."""
+    emb, head = graph.initializers.get(EMBEDDING), graph.initializers.get("lm_head")
+    if emb is None or head is None:
+        return False
+    a, b = _weight(emb), _weight(head)
+    return a is not None and b is not None and a.shape == b.shape[::-1] and np.array_equal(a, b.T)
+
+
+def _weight(value) -> np.ndarray | None:
+    if value is None or not value.is_initializer() or value.const_value is None:
+        return None
+    arr = value.const_value
+    if len(arr.shape) != 2 or arr.dtype.name not in ("FLOAT", "FLOAT16"):
+        return None
+    return arr.numpy().astype(np.float32)
+
+
+def _add_quantized(graph, base: str, qz: Quantized, cfg: BlockQuant) -> dict[str, str | None]:
+    import onnx_ir as ir
+
+    names = {"B": f"{base}.q{cfg.bits}", "scales": f"{base}.scales",
+             "zero_points": f"{base}.zero_points" if qz.zero_points is not None else None}
+    arrays = {"B": qz.packed, "scales": qz.scales, "zero_points": qz.zero_points}
+    for key, name in names.items():
+        if name:
+            graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(arrays[key], name=name)))
+    return names
+
+
+def _replace(graph, old, new) -> None:
+    import onnx_ir as ir
+
+    out_old, out_new = old.outputs[0], new.outputs[0]
+    out_new.name = out_old.name
+    out_new.shape, out_new.type = out_old.shape, out_old.type
+    ir.convenience.replace_nodes_and_values(graph, old, [old], [new], [out_old], [out_new])
+
+
+def _rel_rms(w: np.ndarray, qz: Quantized) -> float:
+    from smolship.targets.onnx.blockquant import dequantize
+
+    d = dequantize(qz) - w
+    return round(float(np.sqrt((d * d).mean() / max((w * w).mean(), 1e-30))), 5)
+
+
+def _quantize_embedding(graph, cfg: BlockQuant, done: dict, tied: bool) -> str:
+    """Gather(embed_tokens) -> GatherBlockQuantized, sharing the lm_head's bytes when tied."""
+    import onnx_ir as ir
+
+    gathers = [n for n in graph if n.op_type == "Gather" and n.inputs[0] is not None
+               and n.inputs[0].name == EMBEDDING and n.inputs[0].is_initializer()]
+    if not gathers:
+        return "float (no embedding Gather found)"
+    node = gathers[0]
+    emb = _weight(node.inputs[0])
+    vocab, hidden = emb.shape
+    shared = tied and "lm_head" in done and done["lm_head"][1] == cfg
+    if shared:
+        _, _, names = done["lm_head"]
+    else:
+        qz = quantize_weight(emb.T, cfg)
+        names = _add_quantized(graph, EMBEDDING, qz, cfg)
+    data = graph.initializers[names["B"]]
+    shape = ir.Value(name=f"{EMBEDDING}.rows_shape",
+                     const_value=ir.tensor(np.array([vocab, -1], dtype=np.int64), name=f"{EMBEDDING}.rows_shape"))
+    graph.register_initializer(shape)
+    reshape = ir.node("Reshape", [data, shape], name="embed_tokens/Reshape")  # (V, kb, blob) -> (V, kb*blob)
+    inputs = [reshape.outputs[0], node.inputs[1], graph.initializers[names["scales"]]]
+    if names["zero_points"]:
+        inputs.append(graph.initializers[names["zero_points"]])  # (V, packed blocks) suits both ops
+    new = ir.node("GatherBlockQuantized", inputs,
+                  attributes={"bits": cfg.bits, "block_size": cfg.block_size, "gather_axis": 0, "quantize_axis": 1},
+                  domain=MS_DOMAIN, name="embed_tokens/GatherBlockQuantized")
+    graph.insert_before(node, reshape)
+    _replace(graph, node, new)
+    return describe(cfg) + (" (shared with lm_head)" if shared else "")
+
+
+def _drop_unused_initializers(graph) -> None:
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        del graph.initializers[name]
