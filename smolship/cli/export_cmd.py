@@ -9,14 +9,13 @@ from typing import Optional
 import typer
 
 from smolship.bundle import check_output_folder
-from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, console, out_console, print_json, progress_bar
+from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, console, out_console, print_json
 from smolship.cli.report_view import bundle_rows_table
 from smolship.errors import SmolshipError
-from smolship.export import bundle_name, export_bundle
-from smolship.exporter.sources import load_model
+from smolship.export import bundle_name
 from smolship.targets import TARGET_NAMES, ExportOptions, get_target, resolve_recipe
 from smolship.validation.latency import LatencySettings
-from smolship.validation.validate import ValidationSettings, Validator
+from smolship.validation.validate import ValidationSettings
 
 
 def plan(targets: list[str], quant: str | None) -> list[tuple[str, object]]:
@@ -40,6 +39,8 @@ def export(
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder; bundles go to OUT/<target>-<quant>/."),
     max_seq_len: int = typer.Option(2048, "--max-seq-len", help="KV-cache size of the artifact."),
     keep_embeddings_fp: bool = typer.Option(False, "--keep-embeddings-fp", help="Keep embedding/lm_head in 16-bit in low-bit recipes."),
+    max_kld: Optional[float] = typer.Option(None, "--max-kld", help="Parity budget: keep the smallest recipe with kld_mean ≤ this."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Targets exported in parallel (one process each)."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Measure parity and latency (on by default)."),
     eval_file: Optional[Path] = EvalFileOpt,
@@ -48,38 +49,54 @@ def export(
     json_out: bool = JsonOpt,
 ):
     """Export MODEL to one bundle per target and recipe, each validated in its real runtime."""
+    from smolship.export_matrix import TargetJob, run_jobs, run_target_job
+
     targets = list(TARGET_NAMES) if target == "all" else [target]
+    if max_kld is not None and quant is not None:
+        raise SmolshipError("--max-kld picks the recipe itself, so it cannot be combined with --quant.",
+                            "Drop --quant, or drop --max-kld to export that exact recipe.")
     pairs = plan(targets, quant)
     check_output_folder(out)
     existed = out.exists()
-    for name, recipe in pairs:
-        final = out / bundle_name(name, recipe.name)
-        if final.exists() and any(final.iterdir()) and not force:
-            raise SmolshipError(f"The bundle folder '{final}' already exists and is not empty.",
-                                "Pass --force to replace it, or choose another --out folder.")
-    try:
-        source = load_model(model)
+    if max_kld is None:
+        for name, recipe in pairs:
+            final = out / bundle_name(name, recipe.name)
+            if final.exists() and any(final.iterdir()) and not force:
+                raise SmolshipError(f"The bundle folder '{final}' already exists and is not empty.",
+                                    "Pass --force to replace it, or choose another --out folder.")
+    settings = None
+    if validate:
         settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None,
                                       latency=LatencySettings(threads=threads))
-        validator = Validator(source, settings) if validate else None
-        options = ExportOptions(max_seq_len=max_seq_len, keep_embeddings_fp=keep_embeddings_fp)
-        manifests = []
-        for name, recipe in pairs:
-            t0 = time.perf_counter()
-            with progress_bar(not json_out) as progress:
-                path, manifest = export_bundle(source, name, recipe, out, options, validator, force, progress)
-            manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
-            manifests.append((path, manifest))
-            if not json_out:
-                console.print(f"[green]wrote[/] {path}  ({manifest['size_mb']} MB, {manifest['export_seconds']} s)")
+    options = ExportOptions(max_seq_len=max_seq_len, keep_embeddings_fp=keep_embeddings_fp)
+    job_list = [TargetJob(model, t, [r.name for n, r in pairs if n == t], out, options, settings, force, max_kld,
+                          show_progress=not json_out) for t in targets if any(n == t for n, _ in pairs)]
+    t0 = time.perf_counter()
+    try:
+        outcomes = [run_target_job(job_list[0])] if len(job_list) == 1 else run_jobs(job_list, jobs)
     finally:
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-    from smolship.validation.report import write_reports
+    failed = [o for o in outcomes if o.error]
+    if failed and len(failed) == len(outcomes) and len({o.error for o in failed}) == 1 and failed[0].fix and "Traceback" not in failed[0].fix:
+        raise SmolshipError(failed[0].error, failed[0].fix)  # e.g. a bad model: the same clear error for every target
+    for o in outcomes:
+        for t in o.tried:
+            console.print(f"budget {o.target}: {t['recipe']:<8} {t['size_mb']:>8} MB  kld_mean {t['kld_mean']}"
+                          f"  {'fits' if t['fits'] else 'over budget'}")
+    bundles = [Path(b) for o in outcomes for b in o.bundles]
+    report = None
+    if bundles:
+        from smolship.validation.report import write_reports
 
-    report = write_reports(out, [p for p, _ in manifests], source_name=source.name, threads=threads)
+        report = write_reports(out, bundles, source_name=model or "SmolLM2-135M-Instruct", threads=threads)
+        report["export_seconds"] = round(time.perf_counter() - t0, 1)
     if json_out:
-        print_json(report)
-    else:
-        out_console.print(bundle_rows_table(report["rows"], f"smolship export: {source.name}"))
-        console.print(f"Report: {out / 'report.json'}")
+        print_json({**(report or {}), "failures": [{"target": o.target, "error": o.error} for o in failed]})
+    elif report:
+        out_console.print(bundle_rows_table(report["rows"], f"smolship export: {report['source']}"))
+        console.print(f"Reports: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.html'}")
+    for o in failed:
+        console.print(f"[bold red]{o.target} failed:[/] {o.error}\n{o.fix or ''}")
+    if failed:
+        raise typer.Exit(1)

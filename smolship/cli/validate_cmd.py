@@ -11,6 +11,7 @@ from smolship.bundle import read_manifest, verify_files
 from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, out_console, print_json, progress_bar
 from smolship.cli.report_view import bundle_rows_table
 from smolship.errors import SmolshipError
+from smolship.targets import get_target
 from smolship.validation.latency import LatencySettings, latency_in_worker
 from smolship.validation.report import bundle_row, machine_info
 from smolship.validation.validate import ValidationSettings, Validator, source_for
@@ -35,9 +36,14 @@ def validate(
     eval_tokens: Optional[int] = EvalTokensOpt,
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Also measure latency."),
     threads: Optional[int] = ThreadsOpt,
+    gate: bool = typer.Option(False, "--gate", help="Exit 1 when a bundle breaks its thresholds (CI gate)."),
+    max_kld: Optional[float] = typer.Option(None, "--max-kld", help="Gate: highest allowed kld_mean."),
+    min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: lowest allowed top1_agreement."),
+    min_decode_tok_s: Optional[float] = typer.Option(None, "--min-decode-tok-s", help="Gate: lowest allowed decode tok/s."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML (one test case per bundle)."),
     json_out: bool = JsonOpt,
 ):
-    """Measure each bundle against the PyTorch reference in its real runtime."""
+    """Measure each bundle against the PyTorch reference in its real runtime (and gate it with --gate)."""
     manifests = _manifests(bundles)
     settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
                                   latency=LatencySettings(threads=threads))
@@ -50,13 +56,31 @@ def validate(
         with progress_bar(not json_out) as progress:
             result = validators[key].validate(bundle, manifest, progress)
         rows.append(bundle_row(bundle, manifest, result))
+    gate_results = None
+    if gate or junit:
+        from smolship.validation.gates import Thresholds, check, load_project_gate, thresholds_for
+
+        project, cli = load_project_gate(), Thresholds(max_kld, min_top1, min_decode_tok_s)
+        gate_results = [check(r, thresholds_for(r["precision"], project, cli)) for r in rows]
+        if junit:
+            from smolship.validation.gates import write_junit
+
+            write_junit(junit, gate_results, rows)
     if json_out:
-        print_json({"machine": machine_info(threads), "rows": rows})
+        out = {"machine": machine_info(threads), "rows": rows}
+        if gate_results is not None:
+            out["gate"] = [vars(g) for g in gate_results]
+        print_json(out)
     else:
         out_console.print(bundle_rows_table(rows, "smolship validate"))
         for r in rows:
             if r.get("runtime_note"):
                 out_console.print(f"[yellow]{r['bundle']}:[/] {r['runtime_note']}")
+        for g in gate_results or []:
+            status = "[green]PASS[/]" if g.passed else "[red]FAIL[/]"
+            out_console.print(f"{status} {g.bundle}" + "".join(f"\n    {m}" for m in g.failures + g.notes))
+    if gate and gate_results and not all(g.passed for g in gate_results):
+        raise typer.Exit(1)
 
 
 def bench(
@@ -77,7 +101,8 @@ def bench(
                          **latency_in_worker(f"reference:{spec}", settings)})
         for bundle, manifest in zip(bundles, manifests):
             row = bundle_row(bundle, manifest, validation={})
-            row.update(latency_in_worker(bundle, settings))
+            can_run, why = get_target(manifest["target"]).can_run()
+            row.update(latency_in_worker(bundle, settings) if can_run else {"runtime_ran": False, "runtime_note": why})
             rows.append(row)
     if json_out:
         print_json({"machine": machine_info(), "rows": rows})

@@ -1,6 +1,6 @@
 """Cross-bundle report: one row per bundle with parity, latency and whether the real runtime ran it.
 
-Written as report.json (machines), report.md (humans, PRs) next to the bundles.
+Written as report.json (machines), report.md (humans, PRs) and report.html (plots) next to the bundles.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from smolship import __version__
 from smolship.bundle import read_manifest
+from smolship.validation.plots import cell, report_html
 
 ROW_KEYS = ["target", "recipe", "precision", "size_mb", "kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
             "nll_ref", "nll_delta", "greedy_match", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb",
@@ -60,21 +61,19 @@ def markdown(report: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in report["machine"]["libraries"].items()), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
-        lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
     notes = {r["runtime_note"] for r in report["rows"] if r.get("runtime_note")}
     lines += [""] + [f"- {n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
 
 
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.4g}"
-    return "-" if v is None else str(v)
 
 
 def write_reports(out: Path, bundles: list[Path], source_name: str | None = None, threads: int | None = None) -> dict:
     report = build_report(bundles, source_name, threads)
     out = Path(out)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
+    md = markdown(report)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(report_html(report, md))
     return report

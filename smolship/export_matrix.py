@@ -1,0 +1,100 @@
+"""Several targets in one command: one worker process per target (a crash in one cannot lose the
+others), `--jobs N` of them at a time, and the parity budget (`--max-kld`): the smallest recipe whose
+measured kld_mean fits wins.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smolship.errors import SmolshipError
+from smolship.targets import ExportOptions, Precision
+
+PRECISION_ORDER = [Precision.INT4, Precision.INT8, Precision.FP16, Precision.FP32]
+
+
+@dataclass
+class TargetJob:
+    model: str | None
+    target: str
+    recipes: list[str]
+    out: Path
+    options: ExportOptions
+    settings: object | None  # ValidationSettings, None = --no-validate
+    force: bool = False
+    max_kld: float | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class TargetOutcome:
+    target: str
+    bundles: list[str] = field(default_factory=list)
+    tried: list[dict] = field(default_factory=list)  # parity-budget log
+    error: str | None = None
+    fix: str | None = None
+
+
+def budget_order(target) -> list[str]:
+    """Recipes from smallest to largest: by precision class, then as the target lists them."""
+    names = list(target.recipes)
+    return sorted(names, key=lambda n: (PRECISION_ORDER.index(target.recipes[n].precision), names.index(n)))
+
+
+def run_target_job(job: TargetJob) -> TargetOutcome:
+    """Runs in a worker process: export (and validate) every recipe of one target."""
+    from smolship.cli.common import progress_bar
+    from smolship.export import export_bundle
+    from smolship.exporter.sources import load_model
+    from smolship.targets import get_target
+    from smolship.validation.validate import Validator
+
+    outcome = TargetOutcome(job.target)
+    try:
+        target = get_target(job.target)
+        source = load_model(job.model)
+        validator = Validator(source, job.settings) if job.settings is not None else None
+        recipes = budget_order(target) if job.max_kld is not None else job.recipes
+        for name in recipes:
+            with progress_bar(job.show_progress) as progress:
+                path, manifest = export_bundle(source, job.target, target.recipes[name], job.out, job.options,
+                                               validator, job.force, progress)
+            if job.max_kld is None:
+                outcome.bundles.append(str(path))
+                continue
+            kld = (manifest.get("validation") or {}).get("kld_mean")
+            fits = kld is not None and kld <= job.max_kld
+            outcome.tried.append({"recipe": name, "size_mb": manifest["size_mb"], "kld_mean": kld, "fits": fits})
+            if fits:
+                outcome.bundles.append(str(path))
+                break
+            shutil.rmtree(path)  # over budget: do not leave it looking like a result
+        if job.max_kld is not None and not outcome.bundles:
+            raise SmolshipError(f"No {job.target} recipe reaches kld_mean ≤ {job.max_kld} on this model.",
+                                "Raise --max-kld, or see the tried recipes above for what each reached.")
+    except SmolshipError as e:
+        outcome.error, outcome.fix = e.problem, e.fix
+    except Exception as e:  # report, do not lose the other targets
+        outcome.error = f"{type(e).__name__}: {e}"
+        outcome.fix = "Run this target alone with SMOLSHIP_DEBUG=1 to see the traceback:\n" + traceback.format_exc(limit=3)
+    return outcome
+
+
+def run_jobs(jobs: list[TargetJob], parallel: int = 1) -> list[TargetOutcome]:
+    """One fresh process per target (spawned, so no state leaks between runtimes)."""
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(run_target_job, j) for j in jobs]
+        outcomes = []
+        for job, fut in zip(jobs, futures):
+            try:
+                outcomes.append(fut.result())
+            except Exception as e:  # the worker process itself died (segfault, OOM kill)
+                outcomes.append(TargetOutcome(job.target, error=f"the {job.target} worker process died ({type(e).__name__}: {e})",
+                                              fix="Run this target alone to see what failed; check free memory."))
+    return outcomes

@@ -1,0 +1,86 @@
+"""CI gate: thresholds per precision class, overridable in [tool.smolship.gate] or on the command line.
+
+A bundle passes when every threshold that applies to it holds. Metrics the runtime could not measure
+on this machine (Core ML latency on Linux) are reported as not measured, never as passed silently.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+DEFAULTS: dict[str, dict] = {
+    "32-bit": {"max_kld": 1e-4, "min_top1": 0.995},
+    "16-bit": {"max_kld": 1e-3, "min_top1": 0.99},
+    "8-bit": {"max_kld": 0.01, "min_top1": 0.95},
+    "4-bit": {"max_kld": 0.1, "min_top1": 0.85},
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_kld: float | None = None
+    min_top1: float | None = None
+    min_decode_tok_s: float | None = None
+
+
+@dataclass
+class GateResult:
+    bundle: str
+    passed: bool
+    failures: list[str]
+    notes: list[str]
+
+
+def load_project_gate(start: Path = Path.cwd()) -> dict:
+    """[tool.smolship.gate] from the nearest pyproject.toml (global keys + per-precision tables)."""
+    for folder in [start, *start.parents]:
+        p = folder / "pyproject.toml"
+        if p.is_file():
+            return tomllib.loads(p.read_text()).get("tool", {}).get("smolship", {}).get("gate", {})
+    return {}
+
+
+def thresholds_for(precision: str, project: dict, cli: Thresholds) -> Thresholds:
+    base = Thresholds(**DEFAULTS.get(precision, {}))
+    glob = {k: v for k, v in project.items() if not isinstance(v, dict)}
+    per = project.get(precision, {})
+    t = replace(base, **glob, **per)
+    overrides = {k: v for k, v in vars(cli).items() if v is not None}
+    return replace(t, **overrides)
+
+
+def check(row: dict, t: Thresholds) -> GateResult:
+    failures, notes = [], []
+    checks = [("kld_mean", t.max_kld, lambda v, lim: v <= lim, "≤"),
+              ("top1_agreement", t.min_top1, lambda v, lim: v >= lim, "≥"),
+              ("decode_tok_s", t.min_decode_tok_s, lambda v, lim: v >= lim, "≥")]
+    for metric, limit, ok, sign in checks:
+        if limit is None:
+            continue
+        value = row.get(metric)
+        if value is None:
+            notes.append(f"{metric} not measured ({row.get('runtime_note') or 'no value'}); threshold {sign} {limit} not checked")
+        elif not ok(value, limit):
+            failures.append(f"{metric} = {value:.6g} breaks the threshold {sign} {limit:g}")
+    if not row.get("runtime_ran", True):
+        notes.append(f"runtime did not run: {row.get('runtime_note')}")
+    return GateResult(row["bundle"], not failures, failures, notes)
+
+
+def write_junit(path: Path, results: list[GateResult], rows: list[dict]) -> None:
+    suite = ET.Element("testsuite", name="smolship", tests=str(len(results)),
+                       failures=str(sum(not r.passed for r in results)))
+    for r, row in zip(results, rows):
+        case = ET.SubElement(suite, "testcase", classname=f"smolship.{row.get('target')}", name=r.bundle)
+        for f in r.failures:
+            ET.SubElement(case, "failure", message=f).text = f
+        props = ET.SubElement(case, "properties")
+        for k in ("kld_mean", "top1_agreement", "decode_tok_s", "size_mb"):
+            if row.get(k) is not None:
+                ET.SubElement(props, "property", name=k, value=str(row[k]))
+        if r.notes:
+            ET.SubElement(case, "system-out").text = "\n".join(r.notes)
+    Path(path).write_text(ET.tostring(suite, encoding="unicode"))

@@ -1,0 +1,66 @@
+"""Self-contained HTML report: the results table plus two SVG plots inlined (opens offline)."""
+
+from __future__ import annotations
+
+import html
+import io
+
+TARGET_COLOURS = {"onnx": "#1f77b4", "coreml": "#ff7f0e", "executorch": "#2ca02c", "gguf": "#d62728"}
+
+
+def scatter_svg(rows: list[dict], x: str, y: str, title: str, logy: bool = False) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for target, colour in TARGET_COLOURS.items():
+        pts = [(r[x], r[y], r["recipe"]) for r in rows if r.get("target") == target and r.get(x) is not None and r.get(y) is not None]
+        if not pts:
+            continue
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, label=target, s=40)
+        for px, py, label in pts:
+            ax.annotate(label, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if logy:
+        ax.set_yscale("symlog", linthresh=1e-5)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
+
+
+def report_html(report: dict, markdown_table: str) -> str:
+    rows = report["rows"]
+    cols = ["bundle", "size_mb", "kld_mean", "top1_agreement", "nll_delta", "greedy_match", "prefill_tok_s",
+            "decode_tok_s", "ttft_ms", "peak_rss_mb", "runtime_ran"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    m = report["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    notes = sorted({r["runtime_note"] for r in rows if r.get("runtime_note")})
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>smolship report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:2em}}</style></head><body>
+<h1>smolship report: {html.escape(str(report.get('source')))}</h1>
+<p>Machine: {html.escape(m['system'])} {html.escape(m['machine'])}, {m['cpu_count']} cores, {m['threads']} threads.
+Libraries: {html.escape(libs)}.</p>
+<table><tr>{head}</tr>{body}</table>
+{''.join(f'<p><em>{html.escape(n)}</em></p>' for n in notes)}
+<div class="plots"><div>{scatter_svg(rows, 'size_mb', 'kld_mean', 'kld_mean vs size (lower-left is better)', logy=True)}</div>
+<div>{scatter_svg(rows, 'size_mb', 'decode_tok_s', 'decode tok/s vs size')}</div></div>
+</body></html>
+"""
+
+
+def cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.4g}"
+    return "-" if v is None else str(v)
