@@ -1,0 +1,5 @@
+"""`python -m smolship.cli` = the `smolship` command."""
+
+from smolship.cli.app import main
+
+main()
