@@ -21,7 +21,9 @@ app.command("inspect")(inspect_cmd.inspect)
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit codes instead of raising here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SmolshipError as e:
         print_error(e)
         sys.exit(e.exit_code)

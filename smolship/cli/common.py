@@ -16,7 +16,7 @@ from rich.table import Table
 from smolship.errors import SmolshipError
 
 console = Console(stderr=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 180)  # pipes and CI logs get the full table
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the runtimes (default: all cores).")

@@ -55,6 +55,9 @@ def export(
     if max_kld is not None and quant is not None:
         raise SmolshipError("--max-kld picks the recipe itself, so it cannot be combined with --quant.",
                             "Drop --quant, or drop --max-kld to export that exact recipe.")
+    if max_kld is not None and not validate:
+        raise SmolshipError("--max-kld needs measured parity, but --no-validate turns measurement off.",
+                            "Drop --no-validate (or drop --max-kld).")
     pairs = plan(targets, quant)
     check_output_folder(out)
     existed = out.exists()

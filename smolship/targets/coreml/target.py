@@ -1,0 +1,144 @@
+"""The Core ML target: stateful iOS18 mlprogram in swift-transformers' convention, four recipes.
+
+export = convert (fp16, convert.py) -> compress (compress.py) -> metadata -> save model.mlpackage
+-> read the saved package back and check its structure (readback.py). The fp16 conversion of one
+source is kept for the next recipe of the same export run, so `--target coreml` with the default
+recipes traces and converts once. Validation runs the real runtime on macOS 15+ (runner.py) and,
+everywhere, `weight_parity` (weight_parity.py).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import weakref
+from pathlib import Path
+
+import coremltools as ct
+import torch
+
+from smolship.errors import SmolshipError
+from smolship.runner import Runner
+from smolship.targets.base import ExportOptions, ExportResult, Precision, Progress, Recipe, Target, no_progress
+from smolship.targets.coreml import readback
+from smolship.targets.coreml.compress import PLANS, Plan
+from smolship.targets.coreml.convert import convert, describe
+from smolship.targets.coreml.naming import weight_class
+from smolship.targets.coreml.runner import CoreMLRunner, runtime_unavailable_reason
+
+RECIPES = (
+    Recipe("fp16", Precision.FP16, "fp16 weights and compute"),
+    Recipe("w8", Precision.INT8, "int8 per-channel linears, int8 per-block-32 embedding/lm_head"),
+    Recipe("w4", Precision.INT4, "uint4 per-block-32 with fp16 offsets (asymmetric), int8 embedding/lm_head"),
+    Recipe("pal4", Precision.INT4, "4-bit k-means palettes per 16 output channels, int8 embedding/lm_head (slow)"),
+)
+
+
+def plan_for(recipe: Recipe, options: ExportOptions) -> Plan:
+    plan = PLANS[recipe.name]
+    return plan.without_embedding() if options.keep_embeddings_fp else plan
+
+
+def expected_compression(plan_info: dict, params) -> dict[str, str]:
+    """{param: scheme} that the recorded plan (manifest target_info['plan']) compresses."""
+    return {p: plan_info[weight_class(p)] for p in params if plan_info.get(weight_class(p) or "")}
+
+
+def hf_config(source) -> dict:
+    """config.json beside the package: swift-transformers reads model type and bos/eos ids from it."""
+    tok = source.tokenizer
+    return {**source.config.to_hf(), "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+            "pad_token_id": tok.pad_id, "torch_dtype": "float16"}
+
+
+class CoreMLTarget(Target):
+    name = "coreml"
+    extra = "coreml"
+    recipes = {r.name: r for r in RECIPES}
+    default_recipes = ("fp16", "w8", "w4")
+    runtime_available_reason = "Core ML runs only on macOS 15+"
+
+    _last: tuple | None = None  # (weakref to source, max_seq_len, fp16 MLModel, seconds) of the last conversion
+
+    def _fp16(self, source, max_seq_len: int, progress: Progress) -> tuple[object, float, bool]:
+        last = CoreMLTarget._last
+        if last is not None and last[0]() is source and last[1] == max_seq_len:
+            return last[2], last[3], True
+        CoreMLTarget._last = None  # free the previous model before building the next
+        progress("tracing and converting to Core ML (fp16)", 0.0)
+        t0 = time.perf_counter()
+        mlmodel = convert(source, max_seq_len)
+        seconds = time.perf_counter() - t0
+        CoreMLTarget._last = (weakref.ref(source), max_seq_len, mlmodel, seconds)
+        return mlmodel, seconds, False
+
+    def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
+               progress: Progress = no_progress) -> ExportResult:
+        cfg, max_seq_len = model.config, options.max_seq_len
+        if not 2 <= max_seq_len <= cfg.max_position_embeddings:
+            raise SmolshipError(f"--max-seq-len {max_seq_len} is outside 2..{cfg.max_position_embeddings} for {model.name}.",
+                                f"Pass a context length up to the model's {cfg.max_position_embeddings} positions.")
+        plan = plan_for(recipe, options)
+        fp16, convert_s, reused = self._fp16(model, max_seq_len, progress)
+        progress(f"compressing ({recipe.name})", 0.4)
+        t0 = time.perf_counter()
+        mlmodel, applied = self._compress(fp16, model, plan, progress)
+        compress_s = time.perf_counter() - t0
+        describe(mlmodel, model, recipe, max_seq_len)
+        progress("saving model.mlpackage", 0.9)
+        t0 = time.perf_counter()
+        package = Path(out_dir) / readback.MODEL_FILE
+        mlmodel.save(str(package))
+        (Path(out_dir) / "config.json").write_text(json.dumps(hf_config(model), indent=2))
+        save_s = time.perf_counter() - t0
+        pkg = readback.read_package(package, list(model.state_dict))
+        plan_info = {"linear": plan.linear.describe() if plan.linear else None,
+                     "embedding": plan.embedding.describe() if plan.embedding else None}
+        problems = readback.check_structure(pkg, cfg, max_seq_len, expected_compression(plan_info, model.state_dict))
+        if problems:
+            raise RuntimeError(f"the saved Core ML package is not what was asked for: {problems}")
+        io = readback.describe_io(pkg.spec)
+        info = {
+            "format": "mlprogram", "minimum_deployment_target": "iOS18", "compute_precision": "fp16",
+            "io_convention": "huggingface/swift-transformers stateful LanguageModel (inputIds, causalMask -> logits; "
+                             "keyCache/valueCache states)",
+            "inputs": io["inputs"], "states": io["states"], "metadata": io["metadata"],
+            "plan": plan_info, "compressed_weights": len(applied), "storage": readback.summary(pkg),
+            "convert_s": round(convert_s, 1), "conversion_reused": reused,
+            "compress_s": round(compress_s, 1), "save_s": round(save_s, 1),
+        }
+        progress("done", 1.0)
+        return ExportResult(files=[readback.MODEL_FILE], info=info)
+
+    @staticmethod
+    def _compress(fp16, model, plan: Plan, progress: Progress):
+        from smolship.targets.coreml.compress import compress
+
+        def scaled(desc: str, frac: float) -> None:
+            progress(desc, 0.4 + 0.5 * frac)
+
+        return compress(fp16, list(model.state_dict), plan, scaled)
+
+    def can_run(self) -> tuple[bool, str | None]:
+        why = runtime_unavailable_reason()
+        return why is None, why
+
+    def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> Runner:
+        why = runtime_unavailable_reason()
+        if why is not None:
+            raise SmolshipError(why, "Copy the bundle to a Mac with macOS 15+ to run it; on this machine, "
+                                     "`smolship validate` reports weight_parity instead.")
+        return CoreMLRunner(Path(bundle) / readback.MODEL_FILE, manifest["max_seq_len"])
+
+    def runtime_versions(self) -> dict[str, str]:
+        versions = {"coremltools": ct.__version__, "torch": torch.__version__}
+        if platform.system() == "Darwin":
+            versions["macos"] = platform.mac_ver()[0]
+        return versions
+
+    def weight_parity(self, bundle: Path, manifest: dict, source) -> dict | None:
+        from smolship.targets.coreml.weight_parity import weight_parity
+
+        plan_info = (manifest.get("target_info") or {}).get("plan", {})
+        return weight_parity(bundle, manifest, source, expected_compression(plan_info, source.state_dict))
