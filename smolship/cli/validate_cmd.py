@@ -84,19 +84,23 @@ def validate(
 
 
 def bench(
-    bundles: List[Path] = typer.Argument(..., help="Bundle folders written by `smolship export`."),
+    bundles: Optional[List[Path]] = typer.Argument(None, help="Bundle folders written by `smolship export`."),
     threads: Optional[List[int]] = typer.Option(None, "--threads", help="Thread counts to measure (repeatable)."),
     runs: int = typer.Option(3, "--runs", help="Timed runs per measurement (median reported)."),
     reference: bool = typer.Option(False, "--reference", help="Also measure the PyTorch reference runner."),
+    model: Optional[str] = typer.Option(None, "--model", help="Reference model when no bundle is given (default: bundled model)."),
     json_out: bool = JsonOpt,
 ):
     """Latency of each bundle in its real runtime: prefill/decode tok/s, TTFT, peak RSS, size."""
+    bundles = bundles or []
+    if not bundles and not reference:
+        raise SmolshipError("Nothing to measure.", "Pass bundle folders, or --reference for the PyTorch reference runner.")
     manifests = _manifests(bundles)
     rows = []
     for t in threads or [None]:
         settings = LatencySettings(runs=runs, threads=t)
         if reference:
-            spec = manifests[0]["source"]["ref"]
+            spec = model or (manifests[0]["source"]["ref"] if manifests else "")
             rows.append({"bundle": "reference (PyTorch fp32)", "target": "reference", "recipe": "fp32",
                          **latency_in_worker(f"reference:{spec}", settings)})
         for bundle, manifest in zip(bundles, manifests):

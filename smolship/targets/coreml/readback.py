@@ -89,9 +89,9 @@ def state_dict(pkg: Package) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(w.value) for name, w in pkg.weights.items()}
 
 
-def _range(feature) -> list[tuple[int, int]]:
+def _range(feature) -> list[list[int]]:
     arr = feature.type.multiArrayType
-    return [(int(r.lowerBound), int(r.upperBound)) for r in arr.shapeRange.sizeRanges]
+    return [[int(r.lowerBound), int(r.upperBound)] for r in arr.shapeRange.sizeRanges]
 
 
 def describe_io(spec) -> dict:
@@ -123,9 +123,9 @@ def check_structure(pkg: Package, cfg, max_seq_len: int, compressed: dict[str, s
         elif got["shape"] != want_state or got["dtype"] != "fp16":
             problems.append(f"state '{name}' is {got['dtype']} {got['shape']}, expected fp16 {want_state}")
     ids, mask = io["inputs"].get(cv.INPUT_IDS), io["inputs"].get(cv.CAUSAL_MASK)
-    if ids is None or ids["dtype"] != "int32" or ids["ranges"] != [(1, 1), (1, max_seq_len)]:
-        problems.append(f"input '{cv.INPUT_IDS}' is {ids}, expected int32 with ranges [(1, 1), (1, {max_seq_len})]")
-    want_mask = [(1, 1), (1, 1), (1, max_seq_len), (1, max_seq_len)]
+    if ids is None or ids["dtype"] != "int32" or ids["ranges"] != [[1, 1], [1, max_seq_len]]:
+        problems.append(f"input '{cv.INPUT_IDS}' is {ids}, expected int32 with ranges [[1, 1], [1, {max_seq_len}]]")
+    want_mask = [[1, 1], [1, 1], [1, max_seq_len], [1, max_seq_len]]
     if mask is None or mask["dtype"] != "fp16" or mask["ranges"] != want_mask:
         problems.append(f"input '{cv.CAUSAL_MASK}' is {mask}, expected fp16 with ranges {want_mask}")
     if io["outputs"] != [cv.LOGITS]:

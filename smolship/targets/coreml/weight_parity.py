@@ -9,6 +9,7 @@ fp16 activations and its kernels - is what only a Mac can show; the result says 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,19 @@ SETTINGS = ParitySettings(greedy_prompts=2, greedy_tokens=16)
 METHOD = ("weights read back from model.mlpackage (dequantized as stored: fp16 -> fp32, constexpr ops "
           "decompressed), run in the fp32 reference graph through prefill + decode; Core ML's fp16 "
           "activations and kernels are not covered")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block on `n` intra-op threads. The parity loop is hundreds of tiny single-token steps:
+    extra threads barely help them, and on a busy machine OpenMP's spin-waiting makes each attention
+    call ~1000x slower (measured 20 ms vs 0.01 ms on 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def readback_model(pkg: readback.Package, cfg, max_seq_len: int) -> Llama:
@@ -48,7 +62,7 @@ def weight_error(pkg: readback.Package, source) -> dict[str, float]:
 
 
 def weight_parity(bundle: Path, manifest: dict, source, compressed: dict[str, str],
-                  eval_tokens: int = EVAL_TOKENS) -> dict:
+                  eval_tokens: int = EVAL_TOKENS, threads: int = 1) -> dict:
     """Metrics of measure_parity plus the structure check; `compressed` = {param: scheme} expected."""
     cfg, max_seq_len = source.config, manifest["max_seq_len"]
     pkg = readback.read_package(Path(bundle) / readback.MODEL_FILE, list(source.state_dict))
@@ -56,7 +70,7 @@ def weight_parity(bundle: Path, manifest: dict, source, compressed: dict[str, st
     docs = load_eval(source.tokenizer, max_tokens=eval_tokens)
     longest = max(len(d.ids) for d in docs) + SETTINGS.greedy_tokens + 8
     seq = max(longest, 256)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(threads):
         runner = ReferenceRunner(readback_model(pkg, cfg, seq))
         runner.name = "coreml-weights"
         reference = ReferenceCache(ReferenceRunner.from_source(source, max_seq_len=seq))

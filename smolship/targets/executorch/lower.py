@@ -64,13 +64,14 @@ def export_graph(module: nn.Module, max_seq_len: int):
 def lower_to_xnnpack(ep, methods: dict):
     """Delegate everything XNNPACK takes (fp32 and dynamically quantized linears, elementwise ops);
     the rest stays on ExecuTorch's kernels (custom ops, quantized embedding, reductions)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    from smolship.targets.executorch.partition import xnnpack_partitioner
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return to_edge_transform_and_lower(
-            ep, partitioner=[XnnpackPartitioner()], constant_methods=methods,
+            ep, partitioner=[xnnpack_partitioner()], constant_methods=methods,
             compile_config=EdgeCompileConfig(_check_ir_validity=False))
 
 

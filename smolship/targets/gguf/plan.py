@@ -21,6 +21,10 @@ from smolship.targets.gguf.recipes import EMBEDDING_FP_TYPE, EMBEDDING_TYPE, GGU
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 EMBEDDING_NAMES = ("token_embd.weight", "output.weight")
+BLOCK32_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+KQUANT_ROW = 256
+# llama.cpp's tensor_type_fallback (src/llama-quant.cpp): k-quant -> 32-block type when a row is not a multiple of 256
+KQUANT_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,28 @@ def embedding_type(grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> str | Non
     if keep_fp:
         return EMBEDDING_FP_TYPE
     return EMBEDDING_TYPE if grecipe.low_bit else None
+
+
+def bits_per_weight(type_name: str) -> float:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[ggml_type(type_name)]
+    return 8 * size / block
+
+
+def source_block_overrides(plans: list["TensorPlan"], weight_type: str) -> dict[str, str]:
+    """llama.cpp tensor-type overrides that keep a GGUF source's own 32-block tensors where llama.cpp would
+    fall back from the k-quant (rows not a multiple of 256) to a 32-block type of as many or more bits:
+    re-quantizing such a tensor can only add error, and copying it is no larger."""
+    fallback = KQUANT_FALLBACK.get(weight_type)
+    if fallback is None:
+        return {}
+    keep = {}
+    for p in plans:
+        if (p.copy and len(p.shape) == 2 and p.name not in EMBEDDING_NAMES and p.shape[1] % KQUANT_ROW
+                and p.type in BLOCK32_TYPES and bits_per_weight(p.type) <= bits_per_weight(fallback)):
+            keep[f"^{re.escape(p.name)}$"] = p.type
+    return keep
 
 
 def user_rules(extra: dict) -> list[tuple[re.Pattern, str]]:

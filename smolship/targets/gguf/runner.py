@@ -18,10 +18,13 @@ from smolship.runner import Runner
 
 
 def open_llama(path: Path, n_ctx: int, threads: int | None = None):
-    """llama_cpp.Llama over `path`, quiet, per-position logits; a bad file -> SmolshipError."""
+    """llama_cpp.Llama over `path`, quiet, per-position logits; a bad file -> SmolshipError.
+
+    threads=None keeps llama-cpp-python's default (half the logical cores: spinning worker threads on
+    hyper-threads or a shared machine slow llama.cpp down more than they help)."""
     import llama_cpp
 
-    threads = threads or os.cpu_count() or 1
+    threads = threads or max(1, (os.cpu_count() or 2) // 2)
     n_batch = min(512, n_ctx)
     try:
         return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, logits_all=True,

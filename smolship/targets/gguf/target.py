@@ -8,6 +8,8 @@ Target-specific knobs in ``ExportOptions.extra``:
   ``embedding_type``  ggml type for token_embd / untied output (e.g. "Q4_0" for an all-4-bit variant)
   ``tensor_types``    {regex on GGUF tensor name: ggml type}, first match wins (both quantizers)
   ``imatrix``         False to quantize k-quants without an importance matrix (default True)
+  ``keep_source_blocks``  False to let llama.cpp re-quantize a GGUF source's 32-block tensors where it
+                      falls back from a k-quant (default True: those blocks are copied, see plan.py)
   ``quantizer``       "llama.cpp" to send a 32-block type through llama.cpp (with the imatrix) too
   ``threads``         quantizer threads (default: all cores)
   ``license``         general.license when the source does not say
@@ -24,7 +26,7 @@ import numpy as np
 from smolship.errors import SmolshipError
 from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
 from smolship.targets.gguf.imatrix import calibration_chunks, importance_matrix
-from smolship.targets.gguf.plan import embedding_type, plan_tensors
+from smolship.targets.gguf.plan import embedding_type, plan_tensors, source_block_overrides
 from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
 from smolship.targets.gguf.runner import LlamaCppRunner
@@ -83,7 +85,7 @@ class GGUFTarget(Target):
         context = model.config.max_position_embeddings
         info: dict = {"gguf_file": MODEL_FILE, "quantizer": grecipe.quantizer.value, "llama_ftype": grecipe.ftype}
         if grecipe.quantizer is Quantizer.GGUF_PY:
-            write_gguf(out, model, plans, grecipe.ftype, context, options_extra=extra, progress=progress)
+            info.update(write_gguf(out, model, plans, grecipe.ftype, context, options_extra=extra, progress=progress))
         else:
             info.update(self._llama_cpp_export(model, grecipe, plans, Path(out_dir), options, progress))
         progress("gguf: checking", 1.0)
@@ -104,6 +106,8 @@ class GGUFTarget(Target):
             chunks, label = calibration_chunks(model, options.calibration_text)
             imatrix = importance_matrix(model, chunks)
             imatrix_info = {"dataset": label, "tokens": sum(map(len, chunks)), "entries": len(imatrix)}
+        kept = source_block_overrides(plans, grecipe.weight_type) if extra.get("keep_source_blocks", True) else {}
+        overrides = {**(extra.get("tensor_types") or {}), **kept}  # llama.cpp: first matching pattern wins
         kv = {}
         if imatrix_info:  # llama-quantize's convention, so other tools see how the file was made
             kv = {"quantize.imatrix.dataset": imatrix_info["dataset"], "quantize.imatrix.entries_count": imatrix_info["entries"],
@@ -114,11 +118,12 @@ class GGUFTarget(Target):
             progress("gguf: llama.cpp quantize", 0.5)
             log = llama_quantize(inter, out_dir / MODEL_FILE, grecipe.ftype,
                                  embedding_type=embedding_type(grecipe, options.keep_embeddings_fp, extra),
-                                 tensor_types=extra.get("tensor_types"), imatrix=imatrix, threads=int(extra.get("threads", 0)))
+                                 tensor_types=overrides, imatrix=imatrix, threads=int(extra.get("threads", 0)))
         finally:
             inter.unlink(missing_ok=True)
         fallbacks = [ln.strip() for ln in log if "falling back" in ln or "not divisible" in ln]
-        return {"imatrix": imatrix_info, "llama_cpp_fallbacks": len([ln for ln in fallbacks if "falling back" in ln])}
+        return {"imatrix": imatrix_info, "source_blocks_kept": len(kept),
+                "llama_cpp_fallbacks": len([ln for ln in fallbacks if "falling back" in ln])}
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> LlamaCppRunner:
         name = (manifest.get("target_info") or {}).get("gguf_file", MODEL_FILE)

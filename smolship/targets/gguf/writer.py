@@ -7,7 +7,6 @@ tied (llama.cpp then reuses token_embd for the lm_head).
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from smolship.exporter.naming import permute_qk
 from smolship.targets.gguf.metadata import add_general, add_llama_hparams, add_tokenizer
 from smolship.targets.gguf.plan import TensorPlan, ggml_type
+from smolship.targets.gguf.requant import GRID_TYPES, q8_0_on_grid
 
 RAW_NUMPY_TYPES = ("F32", "F16", "F64", "I8", "I16", "I32", "I64")  # gguf-py infers these from the dtype
 
@@ -41,6 +41,16 @@ def encode(w: np.ndarray, type_name: str) -> tuple[np.ndarray, object]:
     return gguf.quants.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype), qtype
 
 
+def requantized(plan: TensorPlan, source) -> tuple[np.ndarray, object] | None:
+    """Q8_0 from a source tensor on a 32-block grid, scales picked per block from that grid (requant.py)."""
+    if plan.type != "Q8_0" or source.gguf is None or plan.name not in source.gguf.tensors:
+        return None
+    t = source.gguf.tensors[plan.name]
+    if t.tensor_type.name not in GRID_TYPES:
+        return None
+    return q8_0_on_grid(llama_layout(plan, source), t.data, t.tensor_type.name), ggml_type("Q8_0")
+
+
 def copied(plan: TensorPlan, source) -> tuple[np.ndarray, object]:
     """The source GGUF's own bytes for this tensor (memory-mapped; nothing is decoded)."""
     t = source.gguf.tensors[plan.name]
@@ -51,7 +61,7 @@ def copied(plan: TensorPlan, source) -> tuple[np.ndarray, object]:
 
 def write_gguf(path: Path, source, plans: list[TensorPlan], ftype: int, context_length: int,
                extra_kv: dict | None = None, options_extra: dict | None = None, progress=None) -> dict:
-    """Write the file; returns {"tensor_types": counts, "copied_from_source": n}."""
+    """Write the file; returns {"grid_requantized": tensors re-quantized on their source grid}."""
     import gguf
 
     cfg = source.config
@@ -67,8 +77,11 @@ def write_gguf(path: Path, source, plans: list[TensorPlan], ftype: int, context_
             w.add_uint32(key, val)
         else:
             w.add_array(key, list(val))
+    n_grid = 0
     for i, p in enumerate(plans):
-        arr, raw = copied(p, source) if p.copy else encode(llama_layout(p, source), p.type)
+        grid = None if p.copy else requantized(p, source)
+        n_grid += grid is not None
+        arr, raw = copied(p, source) if p.copy else grid or encode(llama_layout(p, source), p.type)
         w.add_tensor(p.name, arr, raw_dtype=raw)
         if progress:
             progress(f"gguf {p.name}", (i + 1) / len(plans))
@@ -78,5 +91,5 @@ def write_gguf(path: Path, source, plans: list[TensorPlan], ftype: int, context_
         w.write_tensors_to_file()
     finally:
         w.close()
-    return {"tensor_types": dict(Counter(p.type for p in plans)), "copied_from_source": sum(p.copy for p in plans)}
+    return {"grid_requantized": n_grid}
 

@@ -58,6 +58,8 @@ class OnnxRunner(Runner):
         self.past_names = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
         self.present_names = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
         self._ones = np.ones((1, max_seq_len), dtype=np.int64)
+        self._positions = np.arange(max_seq_len, dtype=np.int64)[None]
+        self._wants_positions = any(i.name == "position_ids" for i in self.session.get_inputs())  # other exporters' graphs
         self.pos = 0
         if shared_buffer:
             self._buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(self.kv_shape, self.kv_dtype))
@@ -86,11 +88,15 @@ class OnnxRunner(Runner):
             b = self._binding
             b.bind_cpu_input("input_ids", ids)
             b.bind_cpu_input("attention_mask", mask)
+            if self._wants_positions:
+                b.bind_cpu_input("position_ids", self._positions[:, self.pos:total])
             b.bind_output("logits", "cpu")
             self.session.run_with_iobinding(b)
             logits = b.get_outputs()[0].numpy()
         else:
             feeds = {"input_ids": ids, "attention_mask": mask, **dict(zip(self.past_names, self._past))}
+            if self._wants_positions:
+                feeds["position_ids"] = self._positions[:, self.pos:total]
             logits, *self._past = self.session.run(["logits", *self.present_names], feeds)
         self.pos = total
         return logits[0].astype(np.float32, copy=False)

@@ -1,0 +1,66 @@
+"""The XNNPACK partitioner, taught one more linear: int8 weights with float activations.
+
+XNNPACK has ``fully_connected_nc_f32_qc8w`` (fp32 activations x per-channel int8 weights), but
+ExecuTorch 1.5's ``LinearConfig`` only knows fp32, statically quantized and dynamically quantized
+linears. A weight-only linear (``dequantize(weight) -> linear`` with a float input) is classified
+as "static quant", rejected for lacking an output quantize node, decomposed into permute + mm, and
+the mm then lowers with the per-channel axis on the wrong side (garbage logits: measured on
+random:tiny, |diff| ~ 2e3). `WeightOnlyLinearConfig` claims that pattern as a whole linear, so the
+node visitor emits an fp32 input and a ``qcint8`` filter and XNNPACK picks the f32_qc8w kernel.
+Every other linear goes through the stock config unchanged.
+"""
+
+from __future__ import annotations
+
+from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
+from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+from executorch.backends.xnnpack.utils.quant_utils import (
+    _get_block_size_input_scale,
+    is_affine_qdq,
+    is_dequant,
+    tag_as_implicit_q_dq,
+)
+from executorch.backends.xnnpack.utils.utils import get_input_node, is_param_node
+
+
+def _is_weight_only(node) -> bool:
+    return is_dequant(get_input_node(node, 1)) and not is_dequant(get_input_node(node, 0))
+
+
+def _is_per_channel_int8(dequant) -> bool:
+    """torchao writes per-channel as one group spanning the whole row: block_size == [1, in]."""
+    if not is_affine_qdq(dequant):
+        return False
+    block_size, weight, _scale = _get_block_size_input_scale(dequant)
+    qmin, qmax = dequant.args[5], dequant.args[6]
+    return (len(block_size) == 2 and block_size[0] == 1 and block_size[1] == weight.shape[1]
+            and (qmin, qmax) == (-128, 127))
+
+
+class WeightOnlyLinearConfig(LinearConfig):
+    """`LinearConfig` plus float-activation x per-channel-int8-weight linears."""
+
+    def _detect_precision(self, node):
+        if _is_weight_only(node):
+            return ConfigPrecisionType.FP32  # float activations in, float out
+        return super()._detect_precision(node)
+
+    def _get_weight_deps(self, node, ep, precision):
+        if not _is_weight_only(node):
+            return super()._get_weight_deps(node, ep, precision)
+        dequant = get_input_node(node, self.weight_idx)
+        weight = get_input_node(dequant, 0)
+        if not is_param_node(ep, weight):
+            return False, []
+        if not _is_per_channel_int8(dequant):
+            return False, []  # XNNPACK's float-activation kernels take per-channel int8 weights only
+        deps = [dequant, weight, *dequant.all_input_nodes[1:3]]
+        tag_as_implicit_q_dq(dequant)
+        return True, deps
+
+
+def xnnpack_partitioner() -> XnnpackPartitioner:
+    configs = [WeightOnlyLinearConfig if c is LinearConfig else c for c in ALL_PARTITIONER_CONFIGS]
+    return XnnpackPartitioner(configs=configs)

@@ -1,0 +1,54 @@
+"""The ONNX recipes as data: float dtype of the exported graph, and the quantization plan applied after.
+
+int8 and int4 both run every matrix through MatMulNBits with int8 activations (accuracy level 4, the
+fast CPU kernel); the token embedding and the tied lm_head share one 8-bit symmetric block-32 tensor
+(the default model's embedding is Q8_0, which that grid reproduces exactly). Layer weights use
+asymmetric block-32 grids: the default model's weights came from a Q4_1 file, whose blocks are
+asymmetric. The int4 method was chosen by measured kld_mean (see benchmarks/onnx_anchor.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smolship.targets.base import ExportOptions, Precision, Recipe
+from smolship.targets.onnx.blockquant import BlockQuant
+from smolship.targets.onnx.quantize import QuantPlan, QuantRule
+
+RECIPES: dict[str, Recipe] = {
+    "fp32": Recipe("fp32", Precision.FP32, "float32 weights and KV cache; fused ORT kernels"),
+    "fp16": Recipe("fp16", Precision.FP16, "float16 weights, activations and KV cache (mobile GPU / NPU execution providers)"),
+    "int8": Recipe("int8", Precision.INT8, "MatMulNBits 8-bit block-32 weights, int8 activations; 8-bit embedding shared with lm_head"),
+    "int4": Recipe("int4", Precision.INT4, "MatMulNBits 4-bit block-32 asymmetric weights, int8 activations; 8-bit embedding shared with lm_head"),
+}
+DEFAULT_RECIPES = ("int8", "int4")
+
+EMBEDDING_8BIT = BlockQuant(bits=8, block_size=32, symmetric=True, method="rtn")
+INT8_LAYERS = BlockQuant(bits=8, block_size=32, symmetric=False, method="rtn")
+INT4_METHOD = "gptq"
+INT4_EIGHT_BIT = ()  # regexes of layer weights kept at 8 bits in int4 (sensitivity, see anchor benchmark)
+
+
+@dataclass(frozen=True)
+class RecipePlan:
+    dtype: str  # "float32" | "float16": the exported graph's float type (weights, KV cache, logits)
+    quant: QuantPlan | None
+
+
+def plan_for(recipe: Recipe, options: ExportOptions) -> RecipePlan:
+    """Recipe + user options -> what to export. extra knobs: int4_method, int4_eight_bit, accuracy_level."""
+    if recipe.name in ("fp32", "fp16"):
+        return RecipePlan("float32" if recipe.name == "fp32" else "float16", None)
+    extra = options.extra or {}
+    head = None if options.keep_embeddings_fp else EMBEDDING_8BIT
+    if recipe.name == "int8":
+        layers, eight_bit = INT8_LAYERS, ()
+    else:
+        layers = BlockQuant(bits=4, block_size=32, symmetric=bool(extra.get("int4_symmetric", False)),
+                            method=extra.get("int4_method", INT4_METHOD))
+        eight_bit = tuple(extra.get("int4_eight_bit", INT4_EIGHT_BIT))
+    rules = (QuantRule(r"lm_head", head),
+             *(QuantRule(p, INT8_LAYERS) for p in eight_bit),
+             QuantRule(r"layers\.\d+\.\w+", layers))
+    return RecipePlan("float32", QuantPlan(rules=rules, embedding=head,
+                                           accuracy_level=int(extra.get("accuracy_level", 4))))

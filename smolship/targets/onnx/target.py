@@ -1,0 +1,85 @@
+"""The ONNX target: export -> (quantize) -> save as an onnxruntime-genai model folder; run in ONNX Runtime.
+
+Chain: graph_model (nn.Module with genai's I/O) -> export.export_onnx (torch.onnx dynamo, contrib ops
+via contrib_ops) -> quantize.quantize_model (MatMulNBits / GatherBlockQuantized, rules from
+recipes.plan_for) -> export.save_model (external data past ~1.8 GB) -> genai_config.json.
+The pipeline (smolship/export.py) adds tokenizer.json / tokenizer_config.json, which genai reads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnxruntime  # noqa: F401  (the registry imports this target only when the runtime is installed)
+
+from smolship.errors import SmolshipError
+from smolship.runner import Runner
+from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
+from smolship.targets.onnx.recipes import DEFAULT_RECIPES, RECIPES, plan_for
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    extra = "onnx"
+    recipes = RECIPES
+    default_recipes = DEFAULT_RECIPES
+
+    def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
+               progress: Progress = no_progress) -> ExportResult:
+        import torch
+
+        from smolship.targets.onnx import calibration
+        from smolship.targets.onnx.export import export_onnx, save_model
+        from smolship.targets.onnx.genai_config import genai_config, write_genai_config
+        from smolship.targets.onnx.quantize import quantize_model
+
+        plan = plan_for(recipe, options)
+        graph = (options.extra or {}).get("graph", "fused")
+        if graph == "fused" and options.max_seq_len > model.config.max_position_embeddings * 4:
+            raise SmolshipError(f"--max-seq-len {options.max_seq_len} is far beyond the model's "
+                                f"{model.config.max_position_embeddings} positions.", "Use a smaller --max-seq-len.")
+        progress("torch.onnx export", 0.0)
+        dtype = torch.float16 if plan.dtype == "float16" else torch.float32
+        onnx_model = export_onnx(model, graph, options.max_seq_len, dtype)
+        info: dict = {"graph": graph, "dtype": plan.dtype, "past_present_share_buffer": graph == "fused"}
+        if plan.quant is not None:
+            want_imp, want_hes = plan.quant.needs_calibration()
+            calib = None
+            if want_imp or want_hes:
+                progress("calibration", 0.3)
+                seqs = calibration.calibration_ids(model, options.calibration_text, max_tokens=8192)
+                calib = calibration.collect(model, seqs, want_hes)
+                info["calibration_tokens"] = calib.tokens
+            report = quantize_model(onnx_model, plan.quant, calib, tied=model.config.tie_word_embeddings,
+                                    progress=lambda d, f: progress(d, 0.4 + 0.5 * f))
+            info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level}
+        info["ops"] = dict(Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in onnx_model.graph))
+        progress("saving", 0.95)
+        files = save_model(onnx_model, out_dir)
+        files.append(write_genai_config(out_dir, genai_config(model, files[0], options.max_seq_len, graph == "fused")))
+        return ExportResult(files=files, info=info)
+
+    def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> Runner:
+        from smolship.targets.onnx.genai_config import read_genai_config
+        from smolship.targets.onnx.runner import OnnxRunner
+
+        gc = read_genai_config(bundle)
+        dec = gc["model"]["decoder"]
+        return OnnxRunner(Path(bundle) / dec["filename"], dec["num_hidden_layers"], dec["num_key_value_heads"],
+                          dec["head_size"], gc["model"]["context_length"], gc["search"]["past_present_share_buffer"],
+                          kv_dtype=manifest.get("target_info", {}).get("dtype", "float32"), threads=threads)
+
+    def runtime_versions(self) -> dict[str, str]:
+        import onnx
+        import onnxruntime as ort
+        import torch
+
+        versions = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__}
+        try:
+            import onnxruntime_genai as og
+
+            versions["onnxruntime_genai"] = og.__version__
+        except ImportError:
+            pass
+        return versions

@@ -1,0 +1,164 @@
+"""ONNX target: graph I/O, prefill/decode parity in ONNX Runtime, quantizers, and onnxruntime-genai loading.
+
+Fast tests use random:tiny; @slow tests export the real 135M and hold it to the issue's acceptance
+figures. Every check runs the artifact in ONNX Runtime (or onnxruntime-genai) itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from smolship.export import export_bundle  # noqa: E402
+from smolship.runner import ReferenceRunner  # noqa: E402
+from smolship.targets import ExportOptions, get_target  # noqa: E402
+from smolship.targets.onnx.blockquant import BlockQuant, dequantize, quantize_weight  # noqa: E402
+from smolship.targets.onnx.export import export_onnx, save_model  # noqa: E402
+from smolship.targets.onnx.graph_model import FusedDecoder, io_names  # noqa: E402
+from smolship.targets.onnx.runner import OnnxRunner  # noqa: E402
+
+
+def _tokens(n: int, seed: int = 0) -> list[int]:
+    return [int(x) for x in np.random.default_rng(seed).integers(100, 40000, size=n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_bundles(tiny_model, tiny_validator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx_tiny")
+    target = get_target("onnx")
+    opts = ExportOptions(max_seq_len=256)
+    return {name: export_bundle(tiny_model, "onnx", target.recipes[name], out, opts, tiny_validator)
+            for name in ("fp32", "int4")}
+
+
+# --- fast: random:tiny --------------------------------------------------------------------------
+def test_fused_module_matches_reference_in_torch(tiny_model):
+    """The re-wired module (packed QKV, GQA / skip-norm custom ops) is the same function as the reference."""
+    fused = FusedDecoder(tiny_model.config, tiny_model.state_dict, max_seq_len=32).eval()
+    ref = ReferenceRunner.from_source(tiny_model, max_seq_len=32)
+    ids = _tokens(9)
+    past = fused.empty_past(32)
+    with torch.no_grad():
+        out = fused(torch.tensor([ids[:6]]), torch.ones(1, 6, dtype=torch.int64), *past)
+        step = fused(torch.tensor([ids[6:7]]), torch.ones(1, 7, dtype=torch.int64), *out[1:])
+    # fp32, same math in a different order (packed matmuls): 1e-5 relative to logits of size ~5
+    torch.testing.assert_close(out[0][0], torch.from_numpy(ref.prefill(ids[:6])), atol=5e-5, rtol=0)
+    torch.testing.assert_close(step[0][0, -1], torch.from_numpy(ref.decode(ids[6])), atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("graph", ["fused", "plain"])
+def test_graph_io_and_ort_prefill_decode_match_reference(tiny_model, tmp_path, graph):
+    cfg = tiny_model.config
+    model = export_onnx(tiny_model, graph, max_seq_len=64)
+    inputs, outputs = io_names(cfg.num_layers)
+    assert [v.name for v in model.graph.inputs] == inputs  # genai binds these names
+    assert [v.name for v in model.graph.outputs] == outputs
+    ops = {n.op_type for n in model.graph}
+    if graph == "fused":
+        assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops
+    save_model(model, tmp_path)
+    runner = OnnxRunner(tmp_path / "model.onnx", cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64,
+                        shared_buffer=graph == "fused", threads=2)
+    ref = ReferenceRunner.from_source(tiny_model, max_seq_len=64)
+    ids = _tokens(24)
+    for _ in range(2):  # the second round proves reset() really starts a new sequence
+        np.testing.assert_allclose(runner.prefill(ids[:11]), ref.prefill(ids[:11]), atol=1e-4, rtol=0)
+        for t in ids[11:]:
+            np.testing.assert_allclose(runner.decode(t), ref.decode(t), atol=1e-4, rtol=0)
+    runner.prefill([5])  # a one-token prompt is a prefill too (empty past)
+
+
+def test_external_data_is_written_and_loads(tiny_model, tmp_path):
+    model = export_onnx(tiny_model, "fused", max_seq_len=32)
+    files = save_model(model, tmp_path, force_external=True)
+    assert files == ["model.onnx", "model.onnx.data"]
+    assert (tmp_path / "model.onnx").stat().st_size < 200_000 < (tmp_path / "model.onnx.data").stat().st_size
+    cfg = tiny_model.config
+    runner = OnnxRunner(tmp_path / "model.onnx", cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 32, True, threads=1)
+    ref = ReferenceRunner.from_source(tiny_model, max_seq_len=32)
+    np.testing.assert_allclose(runner.prefill([1, 2, 3]), ref.prefill([1, 2, 3]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (8, False), (8, True)])
+def test_block_quant_matches_onnxruntime_matmulnbits(bits, symmetric):
+    """Our packing is what ORT's MatMulNBits kernel decodes: its output equals x @ dequantize(ours)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    k, n = 96, 40  # 3 blocks of 32: odd block count exercises zero-point padding
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    cfg = BlockQuant(bits=bits, block_size=32, symmetric=symmetric)
+    qz = quantize_weight(w, cfg)
+    inits = [numpy_helper.from_array(qz.packed, "B"), numpy_helper.from_array(qz.scales, "S")]
+    if qz.zero_points is not None:
+        inits.append(numpy_helper.from_array(qz.zero_points, "Z"))
+    node = helper.make_node("MatMulNBits", ["A", *[t.name for t in inits]], ["Y"], domain="com.microsoft",
+                            K=k, N=n, bits=bits, block_size=32, accuracy_level=0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=10)
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"A": x})[0], x @ dequantize(qz), atol=1e-4, rtol=1e-4)
+    rel = np.linalg.norm(dequantize(qz) - w) / np.linalg.norm(w)
+    assert rel < {4: 0.12, 8: 0.01}[bits]
+
+
+def test_symmetric_8bit_reproduces_a_q8_0_grid_exactly():
+    """The default model's embedding is Q8_0 (block 32, amax/127 scales): our 8-bit lm_head is lossless."""
+    rng = np.random.default_rng(1)
+    d = rng.uniform(1e-3, 1e-2, size=(1, 64, 1)).astype(np.float32)
+    q = rng.integers(-127, 128, size=(1, 64, 32)).astype(np.float32)
+    q[..., 0] = 127  # Q8_0 blocks always reach amax = 127 d
+    w = (q * d).reshape(1, -1).T.copy()  # (K=2048, N=1)
+    qz = quantize_weight(w, BlockQuant(bits=8, block_size=32, symmetric=True))
+    np.testing.assert_array_equal(dequantize(qz), w)
+
+
+def test_tiny_bundles_validate_and_quantize(tiny_bundles):
+    fp32 = tiny_bundles["fp32"][1]
+    assert fp32["model_files"] == ["model.onnx", "genai_config.json"]
+    assert fp32["validation"]["max_abs_logit_diff"] < 1e-3
+    int4 = tiny_bundles["int4"][1]
+    ops = int4["target_info"]["ops"]
+    assert ops.get("com.microsoft.MatMulNBits", 0) == 4 * 2 + 1  # 4 per layer + lm_head
+    assert ops.get("com.microsoft.GatherBlockQuantized") == 1
+    assert "shared with lm_head" in int4["target_info"]["quant"]["embedding"]
+    assert int4["validation"]["top1_agreement"] > 0.5
+
+
+def test_genai_runs_the_bundle_and_agrees_with_our_runner(tiny_bundles):
+    """onnxruntime-genai reads the folder (genai_config + tokenizer) and decodes what OnnxRunner decodes."""
+    og = pytest.importorskip("onnxruntime_genai")
+    path, manifest = tiny_bundles["int4"]
+    prompt = _tokens(12, seed=3)
+    ours = _greedy(get_target("onnx").load_runner(path, manifest), prompt, 10)
+    model = og.Model(str(path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 10, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)
+    got = []
+    while not gen.is_done() and len(got) < 10:
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == ours[: len(got)] and len(got) >= 5
+    assert json.loads((path / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is True
+
+
+def _greedy(runner, prompt, n):
+    logits = runner.prefill(prompt)[-1]
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = runner.decode(out[-1])
+    return out
