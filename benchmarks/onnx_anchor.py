@@ -10,6 +10,10 @@ Sections (pick with --sections, default: anchor fused front):
   layers), size vs kld_mean, so the shipped point is a measured choice.
 * big    - a random SmolLM2-1.7B config exported in fp32 (external data) and validated on a short eval.
 
+The builder needs transformers>=5 (smolship pins 4.57.6); give it its own interpreter, e.g.
+    python -m venv /tmp/bvenv && echo "$(python -c 'import site; print(site.getsitepackages()[0])')" \
+        > /tmp/bvenv/lib/python3.11/site-packages/zz_smolship.pth && /tmp/bvenv/bin/pip install transformers==5.24.0
+    ... --builder-python /tmp/bvenv/bin/python
 Latency runs in this process, interleaving the contenders (best of --repeats medians), so load from
 other processes hits all of them alike. Example:
     python benchmarks/onnx_anchor.py --out /tmp/onnx_anchor --eval-tokens 4096 --threads 1 2
@@ -57,11 +61,15 @@ def save_hf_folder(source, folder: Path) -> Path:
     return folder
 
 
-def build_with_builder(hf_dir: Path, out: Path, precision: str = "int4") -> Path:
+def build_with_builder(hf_dir: Path, out: Path, precision: str = "int4", python: str = sys.executable) -> Path:
+    """onnxruntime-genai 0.18's builder imports transformers 5 model classes: pass --builder-python of an
+    environment that has transformers>=5 (smolship pins 4.57.6), e.g. a venv whose .pth adds ours."""
     if not (out / "genai_config.json").is_file():
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
+        cmd = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
                "-p", precision, "-e", "cpu", "-c", str(out.parent / "builder_cache")]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"the builder failed:\n{proc.stderr[-3000:]}")
     return out
 
 
@@ -111,9 +119,8 @@ def latency(folders: dict[str, Path], threads: int, repeats: int, vocab: int) ->
 
 def section_anchor(source, validator, out: Path, args) -> dict:
     hf = save_hf_folder(source, out / "hf")
-    rows = {"builder-int4": build_with_builder(hf, out / "builder-int4", "int4")}
-    if "int8" in args.builder_precisions:
-        rows["builder-int8"] = build_with_builder(hf, out / "builder-int8", "int8")
+    rows = {f"builder-{p}": build_with_builder(hf, out / f"builder-{p}", p, args.builder_python)
+            for p in args.builder_precisions}
     rows["ours-int4"] = ours(source, "int4", out / "ours")
     rows["ours-int8"] = ours(source, "int8", out / "ours")
     table = {name: {"size_mb": model_mb(f), **parity(validator, f)} for name, f in rows.items()}
@@ -173,6 +180,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--builder-precisions", nargs="+", default=["int4"])
+    ap.add_argument("--builder-python", default=sys.executable,
+                    help="interpreter with transformers>=5 for onnxruntime_genai.models.builder")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}

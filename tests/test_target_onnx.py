@@ -162,3 +162,63 @@ def _greedy(runner, prompt, n):
         out.append(int(np.argmax(logits)))
         logits = runner.decode(out[-1])
     return out
+
+
+# --- slow: the real SmolLM2-135M-Instruct -------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_bundles(default_model, default_validator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx_135m")
+    target = get_target("onnx")
+    cache = {}
+
+    def get(recipe: str):
+        if recipe not in cache:
+            cache[recipe] = export_bundle(default_model, "onnx", target.recipes[recipe], out,
+                                          ExportOptions(max_seq_len=512), default_validator)
+        return cache[recipe]
+    return get
+
+
+@pytest.mark.slow
+def test_real_fp32_parity_and_64_greedy_tokens(default_model, real_bundles):
+    path, manifest = real_bundles("fp32")
+    assert manifest["validation"]["max_abs_logit_diff"] <= 1e-3
+    prompt = default_model.tokenizer.encode_chat([{"role": "user", "content": "Write a short poem about the sea."}])
+    ref = ReferenceRunner.from_source(default_model, max_seq_len=512)
+    assert _greedy(get_target("onnx").load_runner(path, manifest), prompt, 64) == _greedy(ref, prompt, 64)
+
+
+@pytest.mark.slow
+def test_real_int8_kld_with_quantized_lm_head(real_bundles):
+    _, manifest = real_bundles("int8")
+    quant = manifest["target_info"]["quant"]
+    assert quant["matmul_nbits"] and "shared with lm_head" in quant["embedding"]
+    assert manifest["validation"]["kld_mean"] <= 0.004, manifest["validation"]
+
+
+@pytest.mark.slow
+def test_real_int4_kld_and_size(real_bundles):
+    _, manifest = real_bundles("int4")
+    assert manifest["size_mb"] <= 110, manifest["size_mb"]
+    assert manifest["validation"]["kld_mean"] <= 0.05, manifest["validation"]
+
+
+@pytest.mark.slow
+def test_real_int4_answers_france_in_onnxruntime_genai(default_model, real_bundles):
+    """genai's own tokenizer and generator on the bundle folder: what the Android / iOS apps run."""
+    og = pytest.importorskip("onnxruntime_genai")
+    path, _ = real_bundles("int4")
+    model = og.Model(str(path))
+    tokenizer = og.Tokenizer(model)
+    prompt = default_model.tokenizer.render_chat([{"role": "user", "content": "What is the capital of France?"}])
+    ids = tokenizer.encode(prompt)
+    assert list(ids) == default_model.tokenizer.encode(prompt, add_bos=False)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 24, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    out = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    assert "Paris" in tokenizer.decode(out)

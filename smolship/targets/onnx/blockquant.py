@@ -117,26 +117,33 @@ def _search_grid(blocks: torch.Tensor, cfg: BlockQuant, imp: torch.Tensor | None
     return best_scale, best_zp
 
 
-def _gptq_codes(w: torch.Tensor, scale, zp, cfg: BlockQuant, hessian: torch.Tensor, damp: float = 0.01):
-    """GPTQ over the input dimension with a fixed per-block grid; returns codes (N, kb, bs)."""
+def _gptq_codes(w: torch.Tensor, scale, zp, cfg: BlockQuant, hessian: torch.Tensor,
+                damp: float = 0.01, batch: int = 128) -> torch.Tensor:
+    """GPTQ over the input dimension with a fixed per-block grid (lazy batch updates); codes (N, kb, bs)."""
     k, n = w.shape
     bs = cfg.block_size
     h = hessian.double().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (K, K)
-    wt = w.t().double().clone()  # (N, K), the columns being quantized in order
-    scale_k = scale.double().repeat_interleave(bs, dim=1).squeeze(-1)  # (N, K)
-    zp_k = zp.double().repeat_interleave(bs, dim=1).squeeze(-1)
-    codes = torch.empty(n, k, dtype=torch.float64)
-    for j in range(k):
-        col = wt[:, j]
-        qj = (col / scale_k[:, j] + zp_k[:, j]).round().clamp(0, cfg.levels)
-        codes[:, j] = qj
-        err = (col - (qj - zp_k[:, j]) * scale_k[:, j]) / hinv[j, j]
-        wt[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
-    return codes.float().reshape(n, k // bs, bs)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()  # (K, K)
+    wt = w.t().clone()  # (N, K): columns are quantized in input order, the rest absorb their error
+    scale_k = scale.repeat_interleave(bs, dim=1).squeeze(-1)  # (N, K)
+    zp_k = zp.repeat_interleave(bs, dim=1).squeeze(-1)
+    codes = torch.empty(n, k)
+    for i1 in range(0, k, batch):
+        i2 = min(i1 + batch, k)
+        w1, h1 = wt[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(w1)
+        for i in range(i2 - i1):
+            col, j = w1[:, i], i1 + i
+            qj = (col / scale_k[:, j] + zp_k[:, j]).round().clamp(0, cfg.levels)
+            codes[:, j] = qj
+            e = (col - (qj - zp_k[:, j]) * scale_k[:, j]) / h1[i, i]
+            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
+            err1[:, i] = e
+        wt[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return codes.reshape(n, k // bs, bs)
 
 
 def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, cfg: BlockQuant) -> Quantized:

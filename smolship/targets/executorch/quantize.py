@@ -1,0 +1,264 @@
+"""Quantization recipes as data, applied by building torchao weight tensors that XNNPACK lowers.
+
+A `QuantPlan` says, for every linear (by regex on its name, first match wins) and for the token
+embedding, which `LinearScheme` / `EmbeddingScheme` it gets. Weights become torchao
+``IntxUnpackedToInt8Tensor``s whose integer values and scales we choose ourselves (so they can be
+checked and searched), and torch.export turns them into the ``dequantize_affine`` (+ dynamic
+per-token activation quantization) patterns that XNNPACK's partitioner claims:
+
+============  =========================================  ===================================
+scheme        XNNPACK kernel                             weights
+============  =========================================  ===================================
+``8da4w``     qd8-f32-qb4w (int8 dyn. act. x int4 blk)   symmetric int4, groups of 32, bf16
+              + f32-qc8w side linear (block offsets)     scales; offsets make it asymmetric
+``8da8w``     qd8-f32-qc8w                               symmetric int8 per output channel
+``w8``        f32-qc8w (weight-only, fp32 activations)   symmetric int8 per output channel
+============  =========================================  ===================================
+
+XNNPACK's blockwise int4 kernel has no zero points. Weights that sit on an asymmetric grid (the
+default model's came from a Q4_1 GGUF: ``w = d*q + m`` per block of 32) are written as
+``s*(q - 8) + c`` with ``s`` the block scale and ``c`` a per-block offset; ``c`` is applied by a
+small side linear over per-block means of the input (`BlockOffsetLinear`). That reproduces the
+Q4_1 grid almost exactly (the only loss is ``s`` rounded to bf16, which XNNPACK stores anyway).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+BF16_EPS = 2.0 ** -8
+
+
+@dataclass(frozen=True)
+class LinearScheme:
+    name: str  # "8da4w" | "8da8w" | "w8"
+    bits: int
+    group_size: int  # 0 = one scale per output channel
+    dynamic_activations: bool  # int8 per-token activations (qd8 kernels) or fp32 (weight-only)
+    block_offsets: bool = False  # asymmetric int4 through `BlockOffsetLinear`
+    scale_search: bool = True  # MSE-optimal clipping per group / channel
+
+
+@dataclass(frozen=True)
+class EmbeddingScheme:
+    bits: int  # 8 -> quantized_decomposed::embedding_byte, 4 -> embedding_4bit
+    group_size: int  # 0 = per row
+    asymmetric: bool
+
+
+W8DA4 = LinearScheme("8da4w", bits=4, group_size=32, dynamic_activations=True, block_offsets=True)
+W8DA8 = LinearScheme("8da8w", bits=8, group_size=0, dynamic_activations=True)
+W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False)
+SCHEMES = {s.name: s for s in (W8DA4, W8DA8, W8)}
+EMB8 = EmbeddingScheme(bits=8, group_size=0, asymmetric=False)
+EMB4 = EmbeddingScheme(bits=4, group_size=32, asymmetric=True)
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """rules: (regex on the linear's name, scheme or None = keep fp32); first match wins."""
+
+    rules: tuple[tuple[str, LinearScheme | None], ...] = ()
+    embedding: EmbeddingScheme | None = None
+    notes: dict = field(default_factory=dict)
+
+    def scheme_for(self, name: str) -> LinearScheme | None:
+        for pattern, scheme in self.rules:
+            if re.fullmatch(pattern, name):
+                return scheme
+        return None
+
+    def describe(self) -> dict:
+        return {
+            "linears": [{"match": p, "scheme": s.name if s else "fp32", **({"bits": s.bits, "group_size": s.group_size,
+                         "dynamic_activations": s.dynamic_activations, "block_offsets": s.block_offsets}
+                         if s else {})} for p, s in self.rules],
+            "embedding": None if self.embedding is None else {"bits": self.embedding.bits,
+                                                              "group_size": self.embedding.group_size,
+                                                              "asymmetric": self.embedding.asymmetric},
+            **self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------------- integer grids
+
+def _bf16(x: Tensor) -> Tensor:
+    return x.to(torch.bfloat16).float()
+
+
+def symmetric_grid(w: Tensor, bits: int, group_size: int, search: bool, bf16_scales: bool) -> tuple[Tensor, Tensor]:
+    """(q int8 [out, in], scale [out, n_groups]) minimizing squared error per group.
+
+    Candidate scales are amax / qmax shrunk by up to 30% (clipping outliers trades a little
+    range for a finer step); the scale is rounded like the kernel will store it before choosing.
+    """
+    out_f, in_f = w.shape
+    g = in_f if group_size == 0 else group_size
+    wg = w.reshape(out_f, in_f // g, g)  # (out, ng, g)
+    qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
+    amax = wg.abs().amax(-1, keepdim=True).clamp(min=1e-12)
+    factors = torch.linspace(0.7, 1.0, 31).tolist() if search else [1.0]
+    best_q = best_s = best_err = None
+    for f in factors:
+        for base in ({qmax, -qmin} if bits == 4 else {qmax}):  # int4 may use -8 as the far end
+            s = amax * f / base
+            if bf16_scales:
+                s = _bf16(s)
+            q = torch.round(wg / s).clamp(qmin, qmax)
+            err = ((q * s - wg) ** 2).sum(-1, keepdim=True)
+            if best_err is None:
+                best_q, best_s, best_err = q, s, err
+            else:
+                better = err < best_err
+                best_q, best_s = torch.where(better, q, best_q), torch.where(better, s, best_s)
+                best_err = torch.minimum(err, best_err)
+    return best_q.reshape(out_f, in_f).to(torch.int8), best_s.squeeze(-1)
+
+
+def asymmetric_int4_as_symmetric(w: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """w ~= s*(q - 8) + c per block: (q-8 int8 [out, in], s bf16-exact [out, nb], c [out, nb]).
+
+    Min/max per block gives q exactly when `w` already sits on a 16-level affine grid (Q4_1);
+    then c is the least-squares offset for the rounded scale.
+    """
+    out_f, in_f = w.shape
+    wg = w.reshape(out_f, in_f // group_size, group_size)  # (out, nb, g)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    d = ((hi - lo) / 15).clamp(min=1e-12)
+    q = torch.round((wg - lo) / d).clamp(0, 15) - 8  # (out, nb, g) in [-8, 7]
+    s = _bf16(d)
+    c = (wg - s * q).mean(-1, keepdim=True)
+    return q.reshape(out_f, in_f).to(torch.int8), s.squeeze(-1), c.squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------- torchao tensors
+
+def intx_weight(q: Tensor, scale: Tensor, bits: int, group_size: int, dynamic_activations: bool,
+                zero_point: Tensor | None = None):
+    """A torchao IntxUnpackedToInt8Tensor from chosen integers (q: int8 [out, in], scale [out, ng])."""
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor,
+        IntxUnpackedToInt8TensorActivationQuantization as Act,
+    )
+
+    g = q.shape[1] if group_size == 0 else group_size
+    scale = scale.reshape(q.shape[0], q.shape[1] // g).float()
+    zp = torch.zeros_like(scale, dtype=torch.int8) if zero_point is None else zero_point.reshape(scale.shape)
+    return IntxUnpackedToInt8Tensor(q, scale, zp, getattr(torch, f"int{bits}"), (1, g), torch.float32,
+                                    Act.INT8_ASYM_PER_TOKEN if dynamic_activations else None)
+
+
+def _quantized_linear(w: Tensor, scheme: LinearScheme) -> nn.Linear:
+    q, s = symmetric_grid(w, scheme.bits, scheme.group_size, scheme.scale_search,
+                          bf16_scales=scheme.group_size > 0)
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin.weight = nn.Parameter(intx_weight(q, s, scheme.bits, scheme.group_size, scheme.dynamic_activations),
+                              requires_grad=False)
+    return lin
+
+
+class BlockOffsetLinear(nn.Module):
+    """``y = x @ (s*(q-8))^T + mean_blocks(x) @ (g*c)^T``: asymmetric int4 on symmetric kernels.
+
+    The block means are a 4-D ``mean`` over the two inner dims, which XNNPACK lowers to global
+    average pooling (no weights to read); the offset linear is weight-only int8 (f32-qc8w), so it
+    adds no activation-quantization error of its own.
+    """
+
+    def __init__(self, main: nn.Linear, offsets: nn.Linear, group_size: int):
+        super().__init__()
+        self.main, self.offsets, self.group_size = main, offsets, group_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, n = x.shape
+        nb = n // self.group_size
+        means = x.reshape(b * t, nb, 1, self.group_size).mean(dim=(2, 3), keepdim=True)  # (B*T, nb, 1, 1)
+        return self.main(x) + self.offsets(means.reshape(b, t, nb))
+
+
+def _block_offset_linear(w: Tensor, scheme: LinearScheme) -> BlockOffsetLinear:
+    g = scheme.group_size
+    q, s, c = asymmetric_int4_as_symmetric(w, g)
+    main = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    main.weight = nn.Parameter(intx_weight(q, s, 4, g, scheme.dynamic_activations), requires_grad=False)
+    off_w = c * g  # (out, nb): applied to block means
+    qo, so = symmetric_grid(off_w, 8, 0, search=True, bf16_scales=False)
+    offsets = nn.Linear(off_w.shape[1], off_w.shape[0], bias=False)
+    offsets.weight = nn.Parameter(intx_weight(qo, so, 8, 0, dynamic_activations=False), requires_grad=False)
+    return BlockOffsetLinear(main, offsets, g)
+
+
+def quantize_linear(w: Tensor, scheme: LinearScheme) -> nn.Module:
+    w = w.detach().float()
+    if scheme.block_offsets:
+        return _block_offset_linear(w, scheme)
+    return _quantized_linear(w, scheme)
+
+
+def quantize_embedding(emb: nn.Embedding, scheme: EmbeddingScheme) -> None:
+    """In place: the embedding weight becomes an int tensor that ExecuTorch's quant fusion turns into
+    ``quantized_decomposed::embedding_byte`` / ``embedding_4bit`` (kernels in executorch.kernels.quantized)."""
+    w = emb.weight.detach().float()
+    rows, dim = w.shape
+    g = dim if scheme.group_size == 0 else scheme.group_size
+    if scheme.asymmetric:
+        wg = w.reshape(rows, dim // g, g)
+        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+        levels = 2 ** scheme.bits - 1
+        s = ((hi - lo) / levels).clamp(min=1e-12)
+        qmin = -(2 ** (scheme.bits - 1))
+        zp = (qmin - torch.round(lo / s)).clamp(-128, 127)
+        q = (torch.round(wg / s) + zp).clamp(qmin, qmin + levels)
+        weight = intx_weight(q.reshape(rows, dim).to(torch.int8), s.squeeze(-1), scheme.bits, scheme.group_size,
+                             False, zero_point=zp.squeeze(-1).to(torch.int8))
+    else:
+        q, s = symmetric_grid(w, scheme.bits, scheme.group_size, search=False, bf16_scales=False)
+        weight = intx_weight(q, s, scheme.bits, scheme.group_size, False)
+    emb.weight = nn.Parameter(weight, requires_grad=False)
+
+
+def linear_names(model) -> list[str]:
+    return [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+
+
+def apply_plan(model, plan: QuantPlan) -> dict:
+    """Quantize `model` (an exporter.model.Llama) in place; returns {scheme: count} for the manifest."""
+    counts: dict[str, int] = {}
+    if model.cfg.tie_word_embeddings and (plan.embedding is not None or plan.scheme_for("lm_head")):
+        # The embedding lookup and the lm_head matmul run on different kernels with different
+        # layouts, so each gets its own copy of the tied matrix.
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(), requires_grad=False)
+    for name in linear_names(model):
+        scheme = plan.scheme_for(name)
+        key = scheme.name if scheme else "fp32"
+        counts[key] = counts.get(key, 0) + 1
+        if scheme is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, quantize_linear(getattr(parent, child).weight, scheme))
+    if plan.embedding is not None:
+        quantize_embedding(model.embed_tokens, plan.embedding)
+    return {"linears": counts, "embedding_bits": plan.embedding.bits if plan.embedding else 32}
+
+
+def with_overrides(plan: QuantPlan, extra: dict, keep_embeddings_fp: bool) -> QuantPlan:
+    """ExportOptions knobs: keep_embeddings_fp, and extra {"embedding_bits": 4|8, "lm_head": scheme|"fp32",
+    "group_size": int, "rules": [[regex, scheme|"fp32"], ...] (checked before the recipe's rules)}."""
+    rules = list(plan.rules)
+    embedding = plan.embedding
+    if "group_size" in extra:
+        rules = [(p, replace(s, group_size=int(extra["group_size"])) if s and s.bits == 4 else s) for p, s in rules]
+    if "embedding_bits" in extra and embedding is not None:
+        embedding = EMB8 if int(extra["embedding_bits"]) == 8 else EMB4
+    user = [(p, None if s == "fp32" else SCHEMES[s]) for p, s in extra.get("rules", [])]
+    if "lm_head" in extra:
+        user.append(("lm_head", None if extra["lm_head"] == "fp32" else SCHEMES[extra["lm_head"]]))
+    if keep_embeddings_fp:
+        user.insert(0, ("lm_head", None))
+        embedding = None
+    return replace(plan, rules=tuple(user + rules), embedding=embedding)
