@@ -24,8 +24,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import coremltools.optimize as cto
 import numpy as np
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass, PassOption
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+from coremltools.converters.mil.mil.types.type_int import np_uint4_dtype
+from coremltools.models.utils import _apply_graph_pass
 
+from smolship.errors import SmolshipError
 from smolship.targets.base import Progress, no_progress
 from smolship.targets.coreml.naming import EMBEDDING, LINEAR, compressible
 
@@ -91,34 +98,35 @@ def asymmetric_blocks(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray,
     return q.reshape(o, i).astype(np.uint8), scale, offset
 
 
-def _asymmetric_pass(names: dict[str, str], scheme: Affine):
-    """A MIL graph pass that replaces the named const ops with uint4/uint8 + fp16-offset constexprs."""
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
-    from coremltools.converters.mil.mil.types.type_int import np_uint4_dtype
+class AsymmetricBlockwise(AbstractGraphPass):
+    """Replace the named const ops by ``constexpr_blockwise_shift_scale`` with uint4/uint8 data and fp16 offsets."""
 
-    dtype = np_uint4_dtype if scheme.bits == 4 else np.uint8
+    def __init__(self, names, scheme: Affine):
+        super().__init__()
+        self.names, self.scheme = set(names), scheme
 
-    class AsymmetricBlockwise(AbstractGraphPass):
-        def apply(self, prog):
-            for op in list(prog.functions["main"].operations):
-                if op.op_type != "const" or op.name not in names:
-                    continue
-                q, scale, offset = asymmetric_blocks(op.outputs[0].val, scheme.bits, scheme.block)
-                with prog.functions["main"]:
-                    new = mb.constexpr_blockwise_shift_scale(data=q.astype(dtype), scale=scale, offset=offset,
-                                                              before_op=op, name=op.name + "_quantized")
-                op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0],
-                                                               new_var=new, force_replace=True)
-                op.enclosing_block.remove_ops([op])
-
-    return AsymmetricBlockwise()
+    def apply(self, prog):
+        dtype = np_uint4_dtype if self.scheme.bits == 4 else np.uint8
+        main = prog.functions["main"]
+        for op in list(main.operations):
+            if op.op_type != "const" or op.name not in self.names:
+                continue
+            w = op.outputs[0].val
+            if w.shape[-1] % self.scheme.block:
+                raise SmolshipError(f"Weight '{op.name}' is {w.shape[-1]} wide, not a multiple of the "
+                                    f"{self.scheme.block}-wide blocks of this recipe.", "Use the w8 or fp16 recipe for this model.")
+            q, scale, offset = asymmetric_blocks(w, self.scheme.bits, self.scheme.block)
+            with main:
+                new = mb.constexpr_blockwise_shift_scale(data=q.astype(dtype), scale=scale, offset=offset,
+                                                          before_op=op, name=op.name + "_quantized")
+            op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new,
+                                                           force_replace=True)
+            op.enclosing_block.remove_ops([op])
 
 
 # --- coremltools.optimize passes ------------------------------------------------------------------
-def _op_config(scheme):
-    import coremltools.optimize as cto
-
+def op_config(scheme: Affine | Palette):
+    """coremltools' config for a symmetric Affine or a Palette (weight_threshold 1: every named weight)."""
     if isinstance(scheme, Palette):
         return cto.coreml.OpPalettizerConfig(mode="kmeans", nbits=scheme.bits, granularity="per_grouped_channel",
                                              group_size=scheme.group_size, weight_threshold=1)
@@ -127,20 +135,18 @@ def _op_config(scheme):
         granularity="per_block" if scheme.block else "per_channel", block_size=scheme.block or 32)
 
 
-def _library_pass(kind: str, configs: dict):
-    import coremltools.optimize as cto
-    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
-    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
-
-    graph_pass = PASS_REGISTRY[f"compression::{kind}"]
+def library_pass(kind: str, configs: dict) -> AbstractGraphPass:
+    """coremltools' own compression pass (what ct.optimize.coreml.<kind> runs), limited to `configs`."""
+    graph_pass = PASS_REGISTRY[f"compression::{kind}"]  # a fresh instance
     graph_pass.set_options([PassOption("config", cto.coreml.OptimizationConfig(op_name_configs=configs))])
     return graph_pass
 
 
-class _Chunked:
-    """Run a slow library pass over a few weights at a time so progress (and time) can be shown."""
+class Chunked(AbstractGraphPass):
+    """A slow library pass run over a few weights at a time, reporting progress and time as it goes."""
 
     def __init__(self, kind: str, configs: dict, progress: Progress, label: str, chunks: int = 20):
+        super().__init__()
         self.kind, self.configs, self.progress, self.label, self.chunks = kind, configs, progress, label, chunks
 
     def apply(self, prog):
@@ -148,7 +154,7 @@ class _Chunked:
         step = max(1, -(-len(items) // self.chunks))
         t0 = time.perf_counter()
         for start in range(0, len(items), step):
-            _library_pass(self.kind, dict(items[start:start + step])).apply(prog)
+            library_pass(self.kind, dict(items[start:start + step])).apply(prog)
             done = min(start + step, len(items))
             elapsed = time.perf_counter() - t0
             eta = elapsed / done * (len(items) - done)
@@ -160,36 +166,20 @@ def compress(mlmodel, params, plan: Plan, progress: Progress = no_progress):
     """Apply `plan` to a converted fp16 MLModel holding `params` (state-dict names).
 
     Returns (new MLModel, {param: scheme text}) for the weights it compressed."""
-    from coremltools.models.utils import _apply_graph_pass
-
-    spec = mlmodel.get_spec()
     consts = compressible(params)  # {mil const name: (param, class)}
-    groups: dict[Scheme, dict[str, str]] = {}
-    for mil_name, (_param, cls) in consts.items():
-        scheme = plan.scheme(cls)
-        if scheme is not None:
-            groups.setdefault(scheme, {})[mil_name] = cls
-    if not groups:
+    chosen = {name: plan.scheme(cls) for name, (_p, cls) in consts.items() if plan.scheme(cls) is not None}
+    if not chosen:
         return mlmodel, {}
-    passes = []
-    for scheme, names in groups.items():
-        if isinstance(scheme, Affine) and not scheme.symmetric:
-            passes.append(_asymmetric_pass(names, scheme))
-        elif isinstance(scheme, Palette):
-            configs = {n: _op_config(scheme) for n in names}
-            passes.append(_ChunkedPass(_Chunked("palettize_weights", configs, progress, f"palettizing ({scheme.describe()})")))
-        else:
-            passes.append(_library_pass("linear_quantize_weights", {n: _op_config(scheme) for n in names}))
-    out = _apply_graph_pass(mlmodel, passes, spec_version=spec.specificationVersion, skip_model_load=True)
-    applied = {consts[n][0]: s.describe() for s, names in groups.items() for n in names}
-    return out, applied
-
-
-def _ChunkedPass(chunked: _Chunked):
-    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
-
-    class ChunkedPass(AbstractGraphPass):
-        def apply(self, prog):
-            chunked.apply(prog)
-
-    return ChunkedPass()
+    passes: list[AbstractGraphPass] = []
+    for scheme in dict.fromkeys(s for s in chosen.values() if isinstance(s, Affine) and not s.symmetric):
+        passes.append(AsymmetricBlockwise([n for n, s in chosen.items() if s == scheme], scheme))
+    linear = {n: op_config(s) for n, s in chosen.items() if isinstance(s, Affine) and s.symmetric}
+    if linear:
+        passes.append(library_pass("linear_quantize_weights", linear))
+    palette = {n: op_config(s) for n, s in chosen.items() if isinstance(s, Palette)}
+    if palette:
+        label = f"palettizing ({', '.join(sorted({s.describe() for s in chosen.values() if isinstance(s, Palette)}))})"
+        passes.append(Chunked("palettize_weights", palette, progress, label))
+    spec_version = mlmodel.get_spec().specificationVersion
+    out = _apply_graph_pass(mlmodel, passes, spec_version=spec_version, skip_model_load=True)
+    return out, {consts[n][0]: s.describe() for n, s in chosen.items()}

@@ -10,6 +10,12 @@ Methods (chosen per recipe by measured kld_mean, see DESIGN notes in target.py):
 * ``mse`` - asymmetric, per block search of the clipping range and zero point that minimise the
   squared error weighted by each input channel's mean squared activation (`importance`, measured
   on calibration text); with importance=None it is plain MSE;
+* ``offset`` - a float zero point run on the integer kernel: ``w = scale * (q - zp) + r`` with an
+  integer zp and a per-block offset r, carried by extra K blocks: the input gets its block sums
+  appended (``x @ P``, P the block-indicator matrix) and the weight gets the rows r (see
+  `quantize_offset`). MatMulNBits' float zero points are exact but run ~60x slower on CPU; this costs
+  one extra block per row (+2-6% compute) and two small ops. The default model's weights are Q4_1
+  (``w = d*q + m`` per block of 32), which this grid reproduces up to the 4-bit rounding of r.
 * ``gptq`` - the ``mse`` grid, then GPTQ's column-by-column error feedback with the Hessian
   ``X^T X`` of the calibration activations (Frantar et al., 2022), which fixes up the rounding of
   the remaining columns of each block row.
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-METHODS = ("rtn", "mse", "gptq")
+METHODS = ("rtn", "mse", "gptq", "offset")
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,34 @@ def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, cfg: BlockQuan
             z = z[:, 0::2] | (z[:, 1::2] << 4)
         zero_points = z.numpy()
     return Quantized(packed, scale.reshape(n, kb).float().numpy(), zero_points, q, zp)
+
+
+def quantize_offset(w: np.ndarray | torch.Tensor, cfg: BlockQuant) -> tuple[Quantized, np.ndarray]:
+    """W (K, N) -> (quantized W' (K + E, N), P (K, E)) with x @ W ≈ concat(x, x @ P) @ W'.
+
+    E = block_size * ceil((K / block_size) / block_size): the per-block offsets of one column fill
+    E extra rows, themselves quantized in blocks like any other rows.
+    """
+    w = torch.as_tensor(np.asarray(w, dtype=np.float32))
+    k, n = w.shape
+    bs = cfg.block_size
+    kb = k // bs
+    extra = -(-kb // bs) * bs  # E
+    blocks = _blocks(w, bs)  # (N, kb, bs)
+    lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+    scale = ((hi - lo) / cfg.levels).clamp(min=1e-12)
+    fzp = -lo / scale  # the exact (float) zero point
+    zp = fzp.round().clamp(0, cfg.levels)
+    q = _codes(blocks, scale, fzp, cfg.levels)
+    r_rows = torch.zeros(n, extra)
+    r_rows[:, :kb] = (scale * (zp - fzp)).reshape(n, kb)  # w = scale * (q - zp) + r
+    r_rows = r_rows.reshape(n, extra // bs, bs)
+    r_scale, r_zp = _grid(r_rows, BlockQuant(cfg.bits, bs, False, "rtn"))
+    r_q = _codes(r_rows, r_scale, r_zp, cfg.levels)
+    packed = _pack(torch.cat([q, r_q], 1), torch.cat([scale, r_scale], 1), torch.cat([zp, r_zp], 1), cfg)
+    p = np.zeros((k, extra), dtype=np.float32)
+    p[np.arange(k), np.arange(k) // bs] = 1.0
+    return packed, p
 
 
 def dequantize(qz: Quantized) -> np.ndarray:

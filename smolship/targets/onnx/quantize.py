@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from smolship.targets.onnx.blockquant import BlockQuant, Quantized, quantize_weight
+from smolship.targets.onnx.blockquant import BlockQuant, Quantized, dequantize, quantize_offset, quantize_weight
 from smolship.targets.onnx.calibration import Calibration
 
 MS_DOMAIN = "com.microsoft"
@@ -81,18 +81,25 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         if cfg is None:
             continue
         w = _weight(w_value)
-        imp = calib.importance.get(w_value.name) if calib else None
-        hes = calib.hessian.get(w_value.name) if calib else None
-        qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
-        names = _add_quantized(graph, w_value.name, qz, cfg)
         k, n = w.shape
-        new = ir.node("MatMulNBits", [node.inputs[0], *[graph.initializers[x] for x in names.values() if x]],
+        a = node.inputs[0]
+        if cfg.method == "offset":
+            qz, p = quantize_offset(w, cfg)
+            a, k = _append_block_sums(graph, node, a, p, w_value.name), k + p.shape[1]
+            effective = dequantize(qz)[:w.shape[0]] + p @ dequantize(qz)[w.shape[0]:]
+        else:
+            imp = calib.importance.get(w_value.name) if calib else None
+            hes = calib.hessian.get(w_value.name) if calib else None
+            qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
+            effective = dequantize(qz)
+        names = _add_quantized(graph, w_value.name, qz, cfg)
+        new = ir.node("MatMulNBits", [a, *[graph.initializers[x] for x in names.values() if x]],
                       attributes={"K": k, "N": n, "bits": cfg.bits, "block_size": cfg.block_size,
                                   "accuracy_level": plan.accuracy_level},
                       domain=MS_DOMAIN, name=node.name.replace("MatMul", "MatMulNBits") or None)
         _replace(graph, node, new)
         report.matmuls[w_value.name] = describe(cfg)
-        report.weight_error[w_value.name] = _rel_rms(w, qz)
+        report.weight_error[w_value.name] = _rel_rms(w, effective)
         done[w_value.name] = (qz, cfg, names)
         if progress:
             progress(f"quantize {w_value.name}", (i + 1) / len(matmuls))
@@ -132,6 +139,19 @@ def _add_quantized(graph, base: str, qz: Quantized, cfg: BlockQuant) -> dict[str
     return names
 
 
+def _append_block_sums(graph, node, a, p: np.ndarray, base: str):
+    """x (.., K) -> concat(x, x @ P) (.., K + bs): the extra block that carries the offsets r."""
+    import onnx_ir as ir
+
+    name = f"{base}.block_sums"
+    graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(p, name=name)))
+    sums = ir.node("MatMul", [a, graph.initializers[name]], name=f"{base}/BlockSums")
+    cat = ir.node("Concat", [a, sums.outputs[0]], attributes={"axis": -1}, name=f"{base}/AppendBlockSums")
+    graph.insert_before(node, sums)
+    graph.insert_before(node, cat)
+    return cat.outputs[0]
+
+
 def _replace(graph, old, new) -> None:
     import onnx_ir as ir
 
@@ -141,10 +161,8 @@ def _replace(graph, old, new) -> None:
     ir.convenience.replace_nodes_and_values(graph, old, [old], [new], [out_old], [out_new])
 
 
-def _rel_rms(w: np.ndarray, qz: Quantized) -> float:
-    from smolship.targets.onnx.blockquant import dequantize
-
-    d = dequantize(qz) - w
+def _rel_rms(w: np.ndarray, effective: np.ndarray) -> float:
+    d = effective - w
     return round(float(np.sqrt((d * d).mean() / max((w * w).mean(), 1e-30))), 5)
 
 

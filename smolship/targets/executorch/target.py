@@ -1,0 +1,122 @@
+"""The ExecuTorch target: one XNNPACK-delegated ``model.pte`` per recipe, validated in executorch.runtime.
+
+Chain (each step its own module): swap attention onto ExecuTorch's custom ops (ops.py) ->
+quantize by plan (quantize.py) -> torch.export with a dynamic token dimension -> XNNPACK lowering
+and serialization (lower.py, partition.py). The `.pte` carries the constant methods ExecuTorch's
+LLM runner reads, so it runs in the Android / iOS demo apps with the bundle's tokenizer.json.
+
+Knobs in ``ExportOptions.extra`` (see quantize.with_overrides): ``embedding_bits`` (4 | 8),
+``lm_head`` ("w8" | "8da8w" | "8da4w" | "fp32"), ``group_size`` (4-bit groups, multiple of 32),
+``rules`` ([[regex, scheme], ...] on linear names, before the recipe's own rules).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import executorch  # noqa: F401  (the registry imports this module only when executorch is installed)
+
+from smolship.errors import SmolshipError
+from smolship.targets.base import (
+    ExportOptions,
+    ExportResult,
+    Precision,
+    Progress,
+    Recipe,
+    Target,
+    no_progress,
+)
+from smolship.targets.executorch import quantize as Q
+from smolship.targets.executorch.runner import ExecuTorchRunner
+
+MODEL_FILE = "model.pte"
+
+RECIPES = {
+    "fp32": Recipe("fp32", Precision.FP32, "fp32 weights and activations; XNNPACK fp32 GEMMs"),
+    "8da8w": Recipe("8da8w", Precision.INT8, "int8 per-channel weights with int8 dynamic activations "
+                    "(v_proj, down_proj and lm_head weight-only), 8-bit embedding"),
+    "8da4w": Recipe("8da4w", Precision.INT4, "asymmetric int4 weights (groups of 32) with int8 dynamic "
+                    "activations, int8 weight-only lm_head, asymmetric 4-bit embedding"),
+    "int8": Recipe("int8", Precision.INT8, "int8 per-channel weight-only linears (fp32 activations), "
+                   "8-bit embedding"),
+}
+
+# Which linears get which scheme, chosen by measurement on the default model (see DESIGN notes in
+# quantize.py): int8 activations of v_proj and down_proj cost the most KL, so they stay float.
+PLANS = {
+    "fp32": Q.QuantPlan(),
+    "8da8w": Q.QuantPlan(rules=(("lm_head", Q.W8), (r".*\.(v_proj|down_proj)", Q.W8), (r".*", Q.W8DA8)),
+                         embedding=Q.EMB8),
+    "8da4w": Q.QuantPlan(rules=(("lm_head", Q.W8), (r".*", Q.W8DA4)), embedding=Q.EMB4),
+    "int8": Q.QuantPlan(rules=((r".*", Q.W8),), embedding=Q.EMB8),
+}
+
+
+def check_options(model, options: ExportOptions) -> None:
+    if options.max_seq_len < 2:
+        raise SmolshipError(f"--max-seq-len {options.max_seq_len} is too small for an ExecuTorch program.",
+                            "Use at least 2 (2048 is the default).")
+    g = int((options.extra or {}).get("group_size", 32))
+    if g % 32 or model.config.hidden_size % g or model.config.intermediate_size % g:
+        raise SmolshipError(f"group_size {g} does not fit: XNNPACK needs a multiple of 32 that divides "
+                            f"hidden {model.config.hidden_size} and intermediate {model.config.intermediate_size}.",
+                            "Use group_size 32 (the default) or another multiple of 32 that divides both.")
+
+
+class ExecuTorchTarget(Target):
+    name = "executorch"
+    extra = "executorch"
+    recipes = RECIPES
+    default_recipes = ("8da8w", "8da4w")
+
+    def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
+               progress: Progress = no_progress) -> ExportResult:
+        from smolship.targets.executorch import lower
+        from smolship.targets.executorch.ops import ExportLlama
+
+        check_options(model, options)
+        plan = Q.with_overrides(PLANS[recipe.name], options.extra or {}, options.keep_embeddings_fp)
+        t0 = time.perf_counter()
+        progress("building model", 0.02)
+        llama = model.build(max_seq_len=options.max_seq_len)
+        progress("quantizing", 0.05)
+        quant = Q.apply_plan(llama, plan)
+        t_quant = time.perf_counter()
+        progress("torch.export", 0.25)
+        ep = lower.export_graph(ExportLlama(llama), options.max_seq_len)
+        t_export = time.perf_counter()
+        progress("lowering to XNNPACK", 0.45)
+        methods = lower.constant_methods(model.tokenizer, model.config.vocab_size, options.max_seq_len)
+        edge = lower.lower_to_xnnpack(ep, methods)
+        t_lower = time.perf_counter()
+        progress("serializing", 0.85)
+        data, program = lower.to_pte_bytes(edge)
+        (Path(out_dir) / MODEL_FILE).write_bytes(data)
+        t_end = time.perf_counter()
+        info = {
+            "quant": {"recipe": recipe.name, "plan": plan.describe(), **quant},
+            "delegation": lower.op_counts(program),
+            "constant_methods": methods,
+            "export_seconds": {"quantize": round(t_quant - t0, 1), "torch_export": round(t_export - t_quant, 1),
+                               "lower": round(t_lower - t_export, 1), "serialize": round(t_end - t_lower, 1),
+                               "total": round(t_end - t0, 1)},
+            "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        progress("done", 1.0)
+        return ExportResult(files=[MODEL_FILE], info=info)
+
+    def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> ExecuTorchRunner:
+        return ExecuTorchRunner(Path(bundle) / MODEL_FILE, manifest["max_seq_len"], threads=threads)
+
+    def runtime_versions(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        out = {}
+        for pkg in ("executorch", "torchao", "torch"):
+            try:
+                out[pkg] = version(pkg)
+            except Exception:  # a source build without metadata
+                out[pkg] = "unknown"
+        return out
