@@ -97,7 +97,7 @@ def run_case(model: str, recipe_name: str, max_seq_len: int, parity: bool, eval_
             out["weight_parity_s"] = round(time.perf_counter() - t0, 1)
             out["weight_parity"] = {k: wp[k] for k in ("kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
                                                        "nll_delta", "greedy_match", "eval_tokens", "structure_ok",
-                                                       "weight_rel_rmse")}
+                                                       "weight_rel_rmse", "fp16_graph")}
     return out
 
 

@@ -24,7 +24,7 @@ MODEL_FILE = "model.mlpackage"
 
 @dataclass
 class StoredWeight:
-    value: np.ndarray  # float32, dense, as Core ML materialises it
+    value: np.ndarray | None  # float32, dense, as Core ML materialises it (None when read with dense=False)
     op_type: str  # const | constexpr_blockwise_shift_scale | constexpr_lut_to_dense | ...
     storage: str  # e.g. "fp16", "uint4 [1, 32] + fp16 offset", "4-bit LUT"
 
@@ -57,8 +57,9 @@ def _dense(op) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
-def read_package(path: Path, params) -> Package:
-    """Parse `path` (a .mlpackage) and read back every weight named in `params` (state-dict names)."""
+def read_package(path: Path, params, dense: bool = True) -> Package:
+    """Parse `path` (a .mlpackage) and find every weight named in `params` (state-dict names);
+    `dense` also dequantizes each one (a 1.7B model's fp32 copy is 7 GB: structure checks skip it)."""
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto import load as milproto
     from coremltools.models.utils import _convert_model_spec_to_pymil_prog
@@ -76,7 +77,7 @@ def read_package(path: Path, params) -> Package:
             continue  # an input of another constexpr (scale, offset, lut) or unused
         param = param_of(op.name, by_base)
         if param is not None:
-            pkg.weights[param] = StoredWeight(_dense(op), op.op_type, _storage(op))
+            pkg.weights[param] = StoredWeight(_dense(op) if dense else None, op.op_type, _storage(op))
         elif "rope" in op.name:
             pkg.tables[op.name] = StoredWeight(_dense(op), op.op_type, _storage(op))
     missing = sorted(set(params) - set(pkg.weights))

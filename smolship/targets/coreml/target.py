@@ -92,7 +92,7 @@ class CoreMLTarget(Target):
         mlmodel.save(str(package))
         (Path(out_dir) / "config.json").write_text(json.dumps(hf_config(model), indent=2))
         save_s = time.perf_counter() - t0
-        pkg = readback.read_package(package, list(model.state_dict))
+        pkg = readback.read_package(package, list(model.state_dict), dense=False)
         plan_info = {"linear": plan.linear.describe() if plan.linear else None,
                      "embedding": plan.embedding.describe() if plan.embedding else None}
         problems = readback.check_structure(pkg, cfg, max_seq_len, expected_compression(plan_info, model.state_dict))
