@@ -143,8 +143,9 @@ def _append_block_sums(graph, node, a, p: np.ndarray, base: str):
     """x (.., K) -> concat(x, x @ P) (.., K + bs): the extra block that carries the offsets r."""
     import onnx_ir as ir
 
-    name = f"{base}.block_sums"
-    graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(p, name=name)))
+    name = f"block_sums_{p.shape[0]}x{p.shape[1]}"  # one 0/1 matrix per shape, shared by all layers
+    if name not in graph.initializers:
+        graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(p, name=name)))
     sums = ir.node("MatMul", [a, graph.initializers[name]], name=f"{base}/BlockSums")
     cat = ir.node("Concat", [a, sums.outputs[0]], attributes={"axis": -1}, name=f"{base}/AppendBlockSums")
     graph.insert_before(node, sums)

@@ -4,7 +4,10 @@ int8 and int4 both run every matrix through MatMulNBits with int8 activations (a
 fast CPU kernel); the token embedding and the tied lm_head share one 8-bit symmetric block-32 tensor
 (the default model's embedding is Q8_0, which that grid reproduces exactly). Layer weights use
 asymmetric block-32 grids: the default model's weights came from a Q4_1 file, whose blocks are
-asymmetric. The int4 method was chosen by measured kld_mean (see benchmarks/onnx_anchor.py).
+asymmetric. The int4 method was chosen by measured kld_mean (benchmarks/onnx_anchor.py, section
+front): RTN (symmetric or asymmetric) re-rounds the Q4_1 blocks onto a grid that misses them by up to
+half a step (kld_mean ~0.33, like the builder's 0.34); the ``offset`` grid (blockquant.py) keeps each
+block's float zero point and reproduces them (kld_mean ~0.004, the int8-activation floor).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ DEFAULT_RECIPES = ("int8", "int4")
 
 EMBEDDING_8BIT = BlockQuant(bits=8, block_size=32, symmetric=True, method="rtn")
 INT8_LAYERS = BlockQuant(bits=8, block_size=32, symmetric=False, method="rtn")
-INT4_METHOD = "gptq"
+INT4_METHOD = "offset"
 INT4_EIGHT_BIT = ()  # regexes of layer weights kept at 8 bits in int4 (sensitivity, see anchor benchmark)
 
 
