@@ -133,7 +133,8 @@ def test_tiny_bundles_validate_and_quantize(tiny_bundles):
     assert ops.get("com.microsoft.MatMulNBits", 0) == 4 * 2 + 1  # 4 per layer + lm_head
     assert ops.get("com.microsoft.GatherBlockQuantized") == 1
     assert "shared with lm_head" in int4["target_info"]["quant"]["embedding"]
-    assert int4["validation"]["top1_agreement"] > 0.5
+    # random weights give near-uniform logits (top-1 is noise there); 4-bit + int8 activations measured 0.04
+    assert int4["validation"]["kld_mean"] < 0.1, int4["validation"]
 
 
 def test_genai_runs_the_bundle_and_agrees_with_our_runner(tiny_bundles):

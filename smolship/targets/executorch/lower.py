@@ -27,15 +27,15 @@ _NOT_KERNELS = ("getitem", "executorch_call_delegate", "_assert_scalar", "sym_si
                 "_local_scalar_dense")
 
 
-def constant_methods(tokenizer, vocab_size: int, max_seq_len: int) -> dict:
+def constant_methods(tokenizer, vocab_size: int, max_seq_len: int, max_prefill_len: int) -> dict:
     """What ExecuTorch's LLM runner reads from the program before it runs anything.
 
-    get_max_seq_len bounds one forward call (the runner chunks longer prompts by it);
-    get_max_context_len is the KV-cache size. Both equal the static cache length here.
+    get_max_seq_len bounds the tokens of one forward call (the runner prefills longer prompts in
+    chunks of it); get_max_context_len is the KV-cache size.
     """
     eos_ids = list(tokenizer.stop_ids)
     meta = {
-        "get_max_seq_len": max_seq_len,
+        "get_max_seq_len": max_prefill_len,
         "get_max_context_len": max_seq_len,
         "get_vocab_size": vocab_size,
         "get_eos_ids": eos_ids,
@@ -48,13 +48,17 @@ def constant_methods(tokenizer, vocab_size: int, max_seq_len: int) -> dict:
     return meta
 
 
-def export_graph(module: nn.Module, max_seq_len: int):
-    """torch.export with a dynamic token dimension n in [1, max_seq_len]."""
+def export_graph(module: nn.Module, max_prefill_len: int):
+    """torch.export with a dynamic token dimension n in [1, max_prefill_len].
+
+    The bound sizes the planned activation memory (logits alone are n x vocab x 4 bytes: 50 MB at
+    256 tokens, 400 MB at 2048), so it is the prefill chunk, not the cache length.
+    """
     from torch.export import Dim, export
 
-    n = min(3, max_seq_len)
+    n = min(3, max_prefill_len)
     example = (torch.zeros((1, n), dtype=torch.int64), torch.tensor([0], dtype=torch.int64))
-    dynamic = ({1: Dim("n", min=1, max=max_seq_len)}, None)
+    dynamic = ({1: Dim("n", min=1, max=max_prefill_len)}, None)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ep = export(module, example, dynamic_shapes=dynamic, strict=True)

@@ -1,4 +1,4 @@
-"""Module swaps that keep attention and the KV-cache update off ExecuTorch's slow portable path.
+"""Module swaps that keep attention, the KV-cache update and the norms off ExecuTorch's slow paths.
 
 The project's model (exporter/model.py) writes its cache with ``index_copy_`` and attends with
 ``F.scaled_dot_product_attention`` over the whole ``[1, n_kv, max_seq, hd]`` buffer after expanding
@@ -11,10 +11,19 @@ custom ops for exactly this (executorch/extension/llm/custom_ops, used by its ow
   a flash-style kernel that reads only slots ``<= start_pos + i``, handles GQA natively and needs
   no mask tensor.
 
-Both want the sequence in dim 1, so the cache here is ``[1, max_seq, n_kv, hd]``. Nothing in
-model.py changes: `swap_attention` replaces each layer's ``self_attn`` with `CustomOpAttention`
-(same weights, same submodule names) and `ExportLlama` is the top-level forward that turns
-``input_pos`` into one symbolic ``start_pos`` (``.item()``) and slices the RoPE tables with it.
+Both want the sequence in dim 1, so the cache here is ``[1, max_seq, n_kv, hd]``.
+
+Two more swaps keep each decoder layer inside as few XNNPACK partitions as possible (every
+portable op between delegated ops splits a partition; 330 partitions made lowering take minutes):
+
+* `XnnpackRMSNorm`: the row mean as a 4-D ``mean`` over the two inner dims (XNNPACK's global
+  average pooling) instead of a last-dim ``mean`` that XNNPACK does not take;
+* RoPE's rotate-half as a fixed 0/±1 matrix (`RotateHalf`), so ``slice``/``neg``/``cat`` become one
+  exact fp32 linear.
+
+Nothing in model.py changes: `swap_modules` replaces submodules (same weights, same parameter
+names), and `ExportLlama` is the top-level forward that turns ``input_pos`` into one symbolic
+``start_pos`` (``.item()``) and slices the RoPE tables with it.
 """
 
 from __future__ import annotations
@@ -22,12 +31,40 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smolship.exporter.model import Attention, Llama, apply_rope
+from smolship.exporter.model import Attention, Llama, RMSNorm
 
 
 def load_custom_ops() -> None:
     """Register ``torch.ops.llama.*`` (eager CPU kernels + export meta functions)."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+class XnnpackRMSNorm(nn.Module):
+    """RMSNorm whose mean XNNPACK lowers (4-D mean over dims 2 and 3, keepdim)."""
+
+    def __init__(self, norm: RMSNorm):
+        super().__init__()
+        self.eps, self.weight = norm.eps, norm.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, d = x.shape  # -1 for the token dim: XNNPACK reshapes take one inferred dim, no symbols
+        ms = (x * x).reshape(-1, 1, 1, d).mean(dim=(2, 3), keepdim=True).reshape(b, -1, 1)  # (B, T, 1)
+        return self.weight * (x * torch.rsqrt(ms + self.eps))
+
+
+class RotateHalf(nn.Module):
+    """``cat(-x[..., h:], x[..., :h])`` as ``x @ R`` with R a signed permutation (exact in fp32)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        h = head_dim // 2
+        r = torch.zeros(head_dim, head_dim)
+        r[torch.arange(h) + h, torch.arange(h)] = -1.0  # out[:h] = -x[h:]
+        r[torch.arange(h), torch.arange(h) + h] = 1.0  # out[h:] = x[:h]
+        self.register_buffer("r_t", r.t().contiguous(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.r_t)
 
 
 class SeqMajorKVCache(nn.Module):
@@ -50,8 +87,8 @@ class CustomOpAttention(Attention):
     """`Attention` whose cache write and attention are ExecuTorch custom ops.
 
     Called by the unchanged DecoderLayer as ``self_attn(x, cos, sin, mask, positions)``; here
-    ``positions`` is the symbolic int ``start_pos`` that `ExportLlama` passes down and ``mask`` is
-    unused (``custom_sdpa`` is causal from ``start_pos``).
+    cos/sin are ``(T, 1, hd)``, ``positions`` is the symbolic int ``start_pos`` that `ExportLlama`
+    passes down and ``mask`` is unused (``custom_sdpa`` is causal from ``start_pos``).
     """
 
     @classmethod
@@ -61,25 +98,33 @@ class CustomOpAttention(Attention):
         new.n_heads, new.n_kv_heads, new.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
         new.q_proj, new.k_proj, new.v_proj, new.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         new.kv_cache = SeqMajorKVCache(attn.n_kv_heads, max_seq_len, attn.head_dim)
+        new.rotate_half = RotateHalf(attn.head_dim)
         return new
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, start_pos, past_k=None, past_v=None):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, nh, hd)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
-        cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd): broadcast over heads
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        b = x.shape[0]  # token dim as -1 in every reshape: XNNPACK takes one inferred dim, no symbols
+        q = self.q_proj(x).view(b, -1, self.n_heads, self.head_dim)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(b, -1, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
+        v = self.v_proj(x).view(b, -1, self.n_kv_heads, self.head_dim)
+        q = q * cos + self.rotate_half(q) * sin  # cos/sin (T, 1, hd) broadcast over heads
+        k = k * cos + self.rotate_half(k) * sin
         k_cache, v_cache = self.kv_cache.update(start_pos, k, v)  # (B, max_seq, nkv, hd)
         y = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start_pos, None, 0.0, True)  # (B, T, nh, hd)
-        return self.o_proj(y.reshape(b, t, self.n_heads * self.head_dim)), None
+        return self.o_proj(y.reshape(b, -1, self.n_heads * self.head_dim)), None
 
 
-def swap_attention(model: Llama) -> Llama:
-    """Replace every layer's attention (and its cache) with `CustomOpAttention`, in place."""
+def swap_modules(model: Llama) -> Llama:
+    """In place: custom-op attention (with its own cache) and XNNPACK-friendly norms."""
     load_custom_ops()
     for layer in model.layers:
-        layer.self_attn = CustomOpAttention.from_attention(layer.self_attn, model.max_seq_len)
+        if not isinstance(layer.self_attn, CustomOpAttention):
+            layer.self_attn = CustomOpAttention.from_attention(layer.self_attn, model.max_seq_len)
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            norm = getattr(layer, name)
+            if isinstance(norm, RMSNorm):
+                setattr(layer, name, XnnpackRMSNorm(norm))
+    if isinstance(model.norm, RMSNorm):
+        model.norm = XnnpackRMSNorm(model.norm)
     return model
 
 
@@ -88,14 +133,12 @@ class ExportLlama(nn.Module):
 
     Same submodules and math as ``Llama.forward``; the difference is that the start position is
     read once as a symbolic int so RoPE is a ``narrow`` and the custom ops get a scalar, which
-    keeps the token dimension dynamic (prefill of any length up to the cache, decode of 1).
+    keeps the token dimension dynamic (prefill of any length up to the bound, decode of 1).
     """
 
     def __init__(self, model: Llama):
         super().__init__()
-        if not all(isinstance(layer.self_attn, CustomOpAttention) for layer in model.layers):
-            swap_attention(model)
-        self.model = model
+        self.model = swap_modules(model)
         self.max_seq_len = model.max_seq_len
         # The (max_seq, max_seq) causal mask is not used with custom_sdpa; dropping it keeps 4 MB
         # (at 2048) of dead constant out of the program.
@@ -106,11 +149,11 @@ class ExportLlama(nn.Module):
         m = self.model
         t = tokens.shape[1]
         start = input_pos[0].item()
-        torch._check_is_size(start)
+        torch._check(start >= 0)
         torch._check(start + t <= self.max_seq_len)
-        cos = m.rope_cos.narrow(0, start, t)  # (T, hd)
-        sin = m.rope_sin.narrow(0, start, t)
-        x = m.embed_tokens(tokens)
+        cos = m.rope_cos.narrow(0, start, t).unsqueeze(1)  # (T, 1, hd)
+        sin = m.rope_sin.narrow(0, start, t).unsqueeze(1)
+        x = m.embed_tokens(tokens).float()  # a 4-bit embedding returns fp16 rows (see quantize.py)
         for layer in m.layers:
             x, _ = layer(x, cos, sin, None, start)
         return m._logits(x)

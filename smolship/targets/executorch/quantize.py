@@ -101,7 +101,7 @@ def symmetric_grid(w: Tensor, bits: int, group_size: int, search: bool, bf16_sca
     wg = w.reshape(out_f, in_f // g, g)  # (out, ng, g)
     qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
     amax = wg.abs().amax(-1, keepdim=True).clamp(min=1e-12)
-    factors = torch.linspace(0.7, 1.0, 31).tolist() if search else [1.0]
+    factors = torch.linspace(0.7, 1.0, 16).tolist() if search else [1.0]
     best_q = best_s = best_err = None
     for f in factors:
         for base in ({qmax, -qmin} if bits == 4 else {qmax}):  # int4 may use -8 as the far end
@@ -138,7 +138,7 @@ def asymmetric_int4_as_symmetric(w: Tensor, group_size: int) -> tuple[Tensor, Te
 # ---------------------------------------------------------------------------------- torchao tensors
 
 def intx_weight(q: Tensor, scale: Tensor, bits: int, group_size: int, dynamic_activations: bool,
-                zero_point: Tensor | None = None):
+                zero_point: Tensor | None = None, dtype: torch.dtype = torch.float32):
     """A torchao IntxUnpackedToInt8Tensor from chosen integers (q: int8 [out, in], scale [out, ng])."""
     from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
         IntxUnpackedToInt8Tensor,
@@ -146,9 +146,10 @@ def intx_weight(q: Tensor, scale: Tensor, bits: int, group_size: int, dynamic_ac
     )
 
     g = q.shape[1] if group_size == 0 else group_size
-    scale = scale.reshape(q.shape[0], q.shape[1] // g).float()
+    scale = scale.reshape(q.shape[0], q.shape[1] // g)
+    scale = scale if scale.dtype == torch.float16 else scale.float()
     zp = torch.zeros_like(scale, dtype=torch.int8) if zero_point is None else zero_point.reshape(scale.shape)
-    return IntxUnpackedToInt8Tensor(q, scale, zp, getattr(torch, f"int{bits}"), (1, g), torch.float32,
+    return IntxUnpackedToInt8Tensor(q, scale, zp, getattr(torch, f"int{bits}"), (1, g), dtype,
                                     Act.INT8_ASYM_PER_TOKEN if dynamic_activations else None)
 
 
@@ -174,10 +175,10 @@ class BlockOffsetLinear(nn.Module):
         self.main, self.offsets, self.group_size = main, offsets, group_size
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, n = x.shape
+        b, _, n = x.shape  # token dim as -1: XNNPACK reshapes take one inferred dim, no symbols
         nb = n // self.group_size
-        means = x.reshape(b * t, nb, 1, self.group_size).mean(dim=(2, 3), keepdim=True)  # (B*T, nb, 1, 1)
-        return self.main(x) + self.offsets(means.reshape(b, t, nb))
+        means = x.reshape(-1, nb, 1, self.group_size).mean(dim=(2, 3), keepdim=True)  # (B*T, nb, 1, 1)
+        return self.main(x) + self.offsets(means.reshape(b, -1, nb))
 
 
 def _block_offset_linear(w: Tensor, scheme: LinearScheme) -> BlockOffsetLinear:
@@ -209,12 +210,14 @@ def quantize_embedding(emb: nn.Embedding, scheme: EmbeddingScheme) -> None:
         wg = w.reshape(rows, dim // g, g)
         lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
         levels = 2 ** scheme.bits - 1
-        s = ((hi - lo) / levels).clamp(min=1e-12)
+        s = ((hi - lo) / levels).clamp(min=1e-8).half().float()  # stored as fp16 (half the bytes of fp32)
         qmin = -(2 ** (scheme.bits - 1))
         zp = (qmin - torch.round(lo / s)).clamp(-128, 127)
         q = (torch.round(wg / s) + zp).clamp(qmin, qmin + levels)
-        weight = intx_weight(q.reshape(rows, dim).to(torch.int8), s.squeeze(-1), scheme.bits, scheme.group_size,
-                             False, zero_point=zp.squeeze(-1).to(torch.int8))
+        # fp16 scales halve their bytes; ExecuTorch's kernel then wants fp16 zero points and output,
+        # so the lookup returns fp16 rows and ExportLlama casts them to fp32.
+        weight = intx_weight(q.reshape(rows, dim).to(torch.int8), s.squeeze(-1).half(), scheme.bits, scheme.group_size,
+                             False, zero_point=zp.squeeze(-1).to(torch.int8), dtype=torch.float16)
     else:
         q, s = symmetric_grid(w, scheme.bits, scheme.group_size, search=False, bf16_scales=False)
         weight = intx_weight(q, s, scheme.bits, scheme.group_size, False)

@@ -1,7 +1,7 @@
 """A `Runner` over executorch.runtime: the `.pte`'s own forward, its own in-program KV cache.
 
-Prefill is one call of the dynamic-length forward at position 0; decode is one call per token with
-n = 1. The cache lives in the program's mutable buffers, so `reset()` only rewinds the position:
+Prefill runs the dynamic-length forward from position 0, in chunks of the program's
+``get_max_seq_len`` (one call for prompts up to that bound); decode is one call per token with n = 1. The cache lives in the program's mutable buffers, so `reset()` only rewinds the position:
 ``custom_sdpa`` reads slots ``<= start_pos + i`` and never sees what a previous sequence left.
 """
 
@@ -35,7 +35,7 @@ def set_threads(threads: int | None) -> None:
 class ExecuTorchRunner(Runner):
     name = "executorch"
 
-    def __init__(self, pte: Path, max_seq_len: int, threads: int | None = None):
+    def __init__(self, pte: Path, max_seq_len: int | None = None, threads: int | None = None):
         from executorch.runtime import Runtime
 
         load_kernel_libraries()
@@ -49,7 +49,8 @@ class ExecuTorchRunner(Runner):
         except Exception as e:  # a corrupt file or a kernel missing from this runtime build
             raise SmolshipError(f"ExecuTorch could not load '{pte}' ({type(e).__name__}: {e}).",
                                 "Re-export the bundle with the installed executorch version.") from None
-        self.max_seq_len = int(max_seq_len)
+        self.max_prefill_len = int(self.constant("get_max_seq_len")[0])
+        self.max_seq_len = int(max_seq_len or self.constant("get_max_context_len")[0])
         self.pos = 0
 
     def constant(self, name: str):
@@ -73,7 +74,9 @@ class ExecuTorchRunner(Runner):
         if not len(ids):
             raise SmolshipError("prefill() got an empty prompt.", "Pass at least one token id.")
         self._check_room(0, len(ids))
-        return self._run(ids)
+        step = self.max_prefill_len
+        chunks = [self._run(ids[i:i + step]) for i in range(0, len(ids), step)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks, axis=0)
 
     def decode(self, token: int) -> np.ndarray:
         self._check_room(self.pos, 1)

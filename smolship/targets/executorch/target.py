@@ -7,7 +7,8 @@ LLM runner reads, so it runs in the Android / iOS demo apps with the bundle's to
 
 Knobs in ``ExportOptions.extra`` (see quantize.with_overrides): ``embedding_bits`` (4 | 8),
 ``lm_head`` ("w8" | "8da8w" | "8da4w" | "fp32"), ``group_size`` (4-bit groups, multiple of 32),
-``rules`` ([[regex, scheme], ...] on linear names, before the recipe's own rules).
+``rules`` ([[regex, scheme], ...] on linear names, before the recipe's own rules),
+``max_prefill_len`` (tokens per forward call, default 256: it sizes the activation memory).
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ PLANS = {
 }
 
 
+DEFAULT_MAX_PREFILL = 256
+
+
+def max_prefill_len(options: ExportOptions) -> int:
+    """Tokens per forward call (the prefill chunk): extra["max_prefill_len"], at most the cache."""
+    return min(int((options.extra or {}).get("max_prefill_len", DEFAULT_MAX_PREFILL)), options.max_seq_len)
+
+
 def check_options(model, options: ExportOptions) -> None:
     if options.max_seq_len < 2:
         raise SmolshipError(f"--max-seq-len {options.max_seq_len} is too small for an ExecuTorch program.",
@@ -85,10 +94,11 @@ class ExecuTorchTarget(Target):
         quant = Q.apply_plan(llama, plan)
         t_quant = time.perf_counter()
         progress("torch.export", 0.25)
-        ep = lower.export_graph(ExportLlama(llama), options.max_seq_len)
+        prefill_len = max_prefill_len(options)
+        ep = lower.export_graph(ExportLlama(llama), prefill_len)
         t_export = time.perf_counter()
         progress("lowering to XNNPACK", 0.45)
-        methods = lower.constant_methods(model.tokenizer, model.config.vocab_size, options.max_seq_len)
+        methods = lower.constant_methods(model.tokenizer, model.config.vocab_size, options.max_seq_len, prefill_len)
         edge = lower.lower_to_xnnpack(ep, methods)
         t_lower = time.perf_counter()
         progress("serializing", 0.85)

@@ -8,6 +8,7 @@ Target-specific knobs in ``ExportOptions.extra``:
   ``embedding_type``  ggml type for token_embd / untied output (e.g. "Q4_0" for an all-4-bit variant)
   ``tensor_types``    {regex on GGUF tensor name: ggml type}, first match wins (both quantizers)
   ``imatrix``         False to quantize k-quants without an importance matrix (default True)
+  ``imatrix_tokens``  calibration tokens (default 2048; ExportOptions.calibration_text, else the eval set)
   ``keep_source_blocks``  False to let llama.cpp re-quantize a GGUF source's 32-block tensors where it
                       falls back from a k-quant (default True: those blocks are copied, see plan.py)
   ``quantizer``       "llama.cpp" to send a 32-block type through llama.cpp (with the imatrix) too
@@ -25,7 +26,7 @@ import numpy as np
 
 from smolship.errors import SmolshipError
 from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
-from smolship.targets.gguf.imatrix import calibration_chunks, importance_matrix
+from smolship.targets.gguf.imatrix import DEFAULT_TOKENS, calibration_chunks, importance_matrix
 from smolship.targets.gguf.plan import embedding_type, plan_tensors, source_block_overrides
 from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
@@ -103,7 +104,8 @@ class GGUFTarget(Target):
         imatrix, imatrix_info = None, None
         if extra.get("imatrix", True):
             progress("gguf: importance matrix", 0.0)
-            chunks, label = calibration_chunks(model, options.calibration_text)
+            chunks, label = calibration_chunks(model, options.calibration_text,
+                                               int(extra.get("imatrix_tokens", DEFAULT_TOKENS)))
             imatrix = importance_matrix(model, chunks)
             imatrix_info = {"dataset": label, "tokens": sum(map(len, chunks)), "entries": len(imatrix)}
         kept = source_block_overrides(plans, grecipe.weight_type) if extra.get("keep_source_blocks", True) else {}

@@ -66,3 +66,20 @@ def collect(source, sequences: list[list[int]], want_hessian: bool) -> Calibrati
     importance = {k: (v / count).float() for k, v in sums.items()}
     hessian = {k: (v / count).float() for k, v in grams.items()}
     return Calibration(importance, hessian, count)
+
+
+def smoothing_scales(calib: Calibration, state_dict: dict[str, torch.Tensor], num_layers: int,
+                     alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """SmoothQuant scales s = rms(x)^alpha / max|W|^(1-alpha) per input channel of the norm-fed matrices."""
+    packed = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+              "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+    scales = {}
+    for i in range(num_layers):
+        for fused, parts in packed.items():
+            name = f"layers.{i}.{fused}"
+            w = torch.cat([state_dict[f"layers.{i}.{p}.weight"] for p in parts])  # (N, K)
+            act = calib.importance[name].sqrt().clamp(min=1e-6)
+            wmax = w.abs().amax(0).clamp(min=1e-6)
+            s = act.pow(alpha) / wmax.pow(1 - alpha)
+            scales[name] = (s / s.log().mean().exp()).float()  # geometric mean 1: weights keep their scale
+    return scales

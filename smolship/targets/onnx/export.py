@@ -23,10 +23,11 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave roo
 GRAPHS = ("fused", "plain")
 
 
-def build_module(source, graph: str, max_seq_len: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def build_module(source, graph: str, max_seq_len: int, dtype: torch.dtype = torch.float32,
+                 smooth: dict | None = None) -> torch.nn.Module:
     """The nn.Module to export: FusedDecoder (ORT contrib ops) or ExplicitDecoder (standard ops)."""
     if graph == "fused":
-        module = FusedDecoder(source.config, source.state_dict, max_seq_len)
+        module = FusedDecoder(source.config, source.state_dict, max_seq_len, smooth=smooth)
     elif graph == "plain":
         module = ExplicitDecoder(source.build(max_seq_len=max_seq_len, cache_mode=CacheMode.EXPLICIT))
     else:
@@ -55,12 +56,18 @@ def dynamic_shapes(cfg, graph: str) -> tuple:
     return ({1: seq}, {1: total}, tuple([past_dim] * (2 * cfg.num_layers)))
 
 
-def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: torch.dtype = torch.float32):
-    """Export `source` (a SourceModel) and return an onnx_ir.Model with named inputs/outputs/weights."""
+def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: torch.dtype = torch.float32,
+                smooth: dict | None = None):
+    """Export `source` (a SourceModel) and return an onnx_ir.Model with named inputs/outputs/weights.
+
+    `smooth` (fused graph only): per-channel activation scales folded into the RMSNorm weights and
+    the rows of the matrices they feed (graph_model.FusedDecoder), for int8 activations."""
     from smolship.targets.onnx.contrib_ops import translations
 
     cfg = source.config
-    module = build_module(source, graph, max_seq_len, dtype)
+    if smooth and graph != "fused":
+        raise ValueError("activation smoothing needs the fused graph")
+    module = build_module(source, graph, max_seq_len, dtype, smooth)
     inputs, outputs = io_names(cfg.num_layers)
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
@@ -114,7 +121,7 @@ def save_model(model, folder: Path, force_external: bool = False) -> list[str]:
     if nbytes > EXTERNAL_DATA_BYTES or force_external:
         ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=1024)
         return [MODEL_FILE, DATA_FILE]
-    ir.save(model, folder / MODEL_FILE)
+    ir.save(ir.external_data.load_to_model(model), folder / MODEL_FILE)  # inline weights read from another file
     return [MODEL_FILE]
 
 

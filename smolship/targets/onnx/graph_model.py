@@ -47,29 +47,34 @@ def _linear_t(weight: Tensor) -> nn.Parameter:
 
 
 class _FusedLayer(nn.Module):
-    def __init__(self, sd: dict[str, Tensor], prefix: str):
+    def __init__(self, sd: dict[str, Tensor], prefix: str, smooth: dict[str, Tensor]):
         super().__init__()
         w = lambda name: sd[prefix + name]  # noqa: E731
-        self.input_norm = nn.Parameter(w("input_layernorm.weight"), requires_grad=False)
-        self.post_norm = nn.Parameter(w("post_attention_layernorm.weight"), requires_grad=False)
+        ones = torch.ones(sd[prefix + "input_layernorm.weight"].shape)
+        s_qkv, s_mlp = smooth.get(prefix + "qkv_proj", ones), smooth.get(prefix + "gate_up_proj", ones)
+        # RMSNorm(x) * g @ W == RMSNorm(x) * (g / s) @ (s[:, None] * W): exact, and it evens out the
+        # channel magnitudes that int8 activation quantization sees (SmoothQuant, Xiao et al., 2022).
+        self.input_norm = nn.Parameter(w("input_layernorm.weight") / s_qkv, requires_grad=False)
+        self.post_norm = nn.Parameter(w("post_attention_layernorm.weight") / s_mlp, requires_grad=False)
         self.qkv_proj = _linear_t(torch.cat([w("self_attn.q_proj.weight"), w("self_attn.k_proj.weight"),
-                                             w("self_attn.v_proj.weight")]))  # (h, (nh + 2 nkv) hd)
+                                             w("self_attn.v_proj.weight")]) * s_qkv)  # (h, (nh + 2 nkv) hd)
         self.o_proj = _linear_t(w("self_attn.o_proj.weight"))
-        self.gate_up_proj = _linear_t(torch.cat([w("mlp.gate_proj.weight"), w("mlp.up_proj.weight")]))  # (h, 2 i)
+        self.gate_up_proj = _linear_t(torch.cat([w("mlp.gate_proj.weight"), w("mlp.up_proj.weight")]) * s_mlp)  # (h, 2 i)
         self.down_proj = _linear_t(w("mlp.down_proj.weight"))
 
 
 class FusedDecoder(nn.Module):
     """The Llama of exporter/model.py on ONNX Runtime's fused kernels (see the module docstring)."""
 
-    def __init__(self, cfg: LlamaConfig, state_dict: dict[str, Tensor], max_seq_len: int):
+    def __init__(self, cfg: LlamaConfig, state_dict: dict[str, Tensor], max_seq_len: int,
+                 smooth: dict[str, Tensor] | None = None):
         super().__init__()
         self.cfg = cfg
         sd = state_dict
         self.embed_tokens = nn.Parameter(sd["embed_tokens.weight"], requires_grad=False)  # (V, h)
         head = sd["embed_tokens.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
         self.lm_head = _linear_t(head)  # (h, V): materialised even when tied, see module docstring
-        self.layers = nn.ModuleList(_FusedLayer(sd, f"layers.{i}.") for i in range(cfg.num_layers))
+        self.layers = nn.ModuleList(_FusedLayer(sd, f"layers.{i}.", smooth or {}) for i in range(cfg.num_layers))
         self.norm = nn.Parameter(sd["norm.weight"], requires_grad=False)
         self.first_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)  # no residual yet: plain RMSNorm ops
         self.first_norm.weight = self.layers[0].input_norm

@@ -29,6 +29,7 @@ DEFAULT_RECIPES = ("int8", "int4")
 EMBEDDING_8BIT = BlockQuant(bits=8, block_size=32, symmetric=True, method="rtn")
 INT8_LAYERS = BlockQuant(bits=8, block_size=32, symmetric=False, method="rtn")
 INT4_METHOD = "offset"
+INT8_SMOOTH_ALPHA = 0.5
 INT4_EIGHT_BIT = ()  # regexes of layer weights kept at 8 bits in int4 (sensitivity, see anchor benchmark)
 
 
@@ -36,6 +37,7 @@ INT4_EIGHT_BIT = ()  # regexes of layer weights kept at 8 bits in int4 (sensitiv
 class RecipePlan:
     dtype: str  # "float32" | "float16": the exported graph's float type (weights, KV cache, logits)
     quant: QuantPlan | None
+    smooth_alpha: float | None = None  # SmoothQuant strength for the norm-fed matrices (int8 activations)
 
 
 def plan_for(recipe: Recipe, options: ExportOptions) -> RecipePlan:
@@ -53,5 +55,7 @@ def plan_for(recipe: Recipe, options: ExportOptions) -> RecipePlan:
     rules = (QuantRule(r"lm_head", head),
              *(QuantRule(p, INT8_LAYERS) for p in eight_bit),
              QuantRule(r"layers\.\d+\.\w+", layers))
+    # int8: activation rounding dominates its error, so smooth; int4 keeps the Q4_1 grid intact instead
+    alpha = extra.get("smooth_alpha", INT8_SMOOTH_ALPHA if recipe.name == "int8" else None)
     return RecipePlan("float32", QuantPlan(rules=rules, embedding=head,
-                                           accuracy_level=int(extra.get("accuracy_level", 4))))
+                                           accuracy_level=int(extra.get("accuracy_level", 4))), alpha)

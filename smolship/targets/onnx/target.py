@@ -39,18 +39,21 @@ class OnnxTarget(Target):
         if graph == "fused" and options.max_seq_len > model.config.max_position_embeddings * 4:
             raise SmolshipError(f"--max-seq-len {options.max_seq_len} is far beyond the model's "
                                 f"{model.config.max_position_embeddings} positions.", "Use a smaller --max-seq-len.")
-        progress("torch.onnx export", 0.0)
-        dtype = torch.float16 if plan.dtype == "float16" else torch.float32
-        onnx_model = export_onnx(model, graph, options.max_seq_len, dtype)
         info: dict = {"graph": graph, "dtype": plan.dtype, "past_present_share_buffer": graph == "fused"}
+        calib, smooth = None, None
+        want_imp, want_hes = plan.quant.needs_calibration() if plan.quant else (False, False)
+        if want_imp or want_hes or (plan.smooth_alpha and graph == "fused"):
+            progress("calibration", 0.0)
+            seqs = calibration.calibration_ids(model, options.calibration_text, max_tokens=4096)
+            calib = calibration.collect(model, seqs, want_hes)
+            info["calibration_tokens"] = calib.tokens
+            if plan.smooth_alpha and graph == "fused":
+                smooth = calibration.smoothing_scales(calib, model.state_dict, model.config.num_layers, plan.smooth_alpha)
+                info["smoothquant_alpha"] = plan.smooth_alpha
+        progress("torch.onnx export", 0.1)
+        dtype = torch.float16 if plan.dtype == "float16" else torch.float32
+        onnx_model = export_onnx(model, graph, options.max_seq_len, dtype, smooth)
         if plan.quant is not None:
-            want_imp, want_hes = plan.quant.needs_calibration()
-            calib = None
-            if want_imp or want_hes:
-                progress("calibration", 0.3)
-                seqs = calibration.calibration_ids(model, options.calibration_text, max_tokens=8192)
-                calib = calibration.collect(model, seqs, want_hes)
-                info["calibration_tokens"] = calib.tokens
             report = quantize_model(onnx_model, plan.quant, calib, tied=model.config.tie_word_embeddings,
                                     progress=lambda d, f: progress(d, 0.4 + 0.5 * f))
             info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level}
