@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import quick_settings
 from smolship.errors import SmolshipError
 from smolship.export import export_bundle
 from smolship.exporter import load_model
@@ -28,6 +27,7 @@ from smolship.exporter.sources import SourceModel, default_model_path
 from smolship.targets import ExportOptions, get_target
 from smolship.targets.gguf.index import tensor_bytes, tensor_table
 from smolship.validation.validate import Validator
+from tests.conftest import quick_settings
 
 TARGET = get_target("gguf")
 
@@ -67,7 +67,7 @@ def tiny_f32(tiny_model, tmp_path_factory):
 def test_llama_metadata_tokenizer_and_general_fields(tiny_model, tiny_f32):
     bundle, manifest = tiny_f32
     f = fields(reader(bundle))
-    cfg, tok = tiny_model.config, tiny_model.tokenizer
+    cfg = tiny_model.config
     assert f["general.architecture"] == "llama" and f["general.name"] == tiny_model.name
     assert f["general.size_label"] and f["general.quantized_by"].startswith("smolship")
     assert (f["llama.context_length"], f["llama.embedding_length"], f["llama.block_count"]) == (
@@ -89,7 +89,9 @@ def test_llama_metadata_tokenizer_and_general_fields(tiny_model, tiny_f32):
 def test_f32_file_reloads_to_the_same_model(tiny_model, tiny_f32):
     """Read back by smolship's GGUF loader (which un-permutes Q/K): identical config and weights."""
     again = load_model(tiny_f32[0] / "model.gguf")
-    assert again.config == tiny_model.config
+    eps = again.config.rms_norm_eps  # stored as float32 in GGUF
+    assert dataclasses.replace(again.config, rms_norm_eps=tiny_model.config.rms_norm_eps) == tiny_model.config
+    assert eps == pytest.approx(tiny_model.config.rms_norm_eps, rel=1e-6)
     assert again.state_dict.keys() == tiny_model.state_dict.keys()
     for k, v in tiny_model.state_dict.items():
         assert torch.equal(again.state_dict[k], v), k
@@ -103,10 +105,10 @@ def test_tied_embedding_is_not_duplicated_and_untied_output_is_written(tiny_mode
     assert "token_embd.weight" in names and "output.weight" not in names
     cfg = dataclasses.replace(tiny_model.config, tie_word_embeddings=False)
     untied = make_source(tiny_model, cfg, "untied")
-    bundle, manifest = export(untied, "q4_0", tmp_path / "untied", validator=Validator(untied, quick_settings(128)))
+    bundle, manifest = export(untied, "q5_1", tmp_path / "untied", validator=Validator(untied, quick_settings(128)))
     types = {t.name: t.type for t in tensor_table(bundle / "model.gguf")}
-    assert types["output.weight"] == types["token_embd.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "Q4_0"
-    assert manifest["validation"]["kld_mean"] < 0.05
+    assert types["output.weight"] == types["token_embd.weight"] == "Q8_0" and types["blk.0.ffn_up.weight"] == "Q5_1"
+    assert manifest["validation"]["kld_mean"] < 0.02  # llama.cpp really uses the separate output matrix
 
 
 @pytest.mark.parametrize("name,main,emb", [("f16", "F16", "F16"), ("bf16", "BF16", "BF16"), ("q8_0", "Q8_0", "Q8_0"),
@@ -143,7 +145,10 @@ def test_k_quants_go_through_llama_cpp_with_imatrix(tiny_model, tmp_path):
     bundle, m = export(src, "q4_k_m", tmp_path / "km", validator=validator)
     info = m["target_info"]
     assert info["quantizer"] == "llama.cpp" and info["imatrix"]["entries"] == 2 * 7 + 1
-    assert info["tensor_types"]["Q4_K"] >= 4 and info["tensor_types"]["Q6_K"] >= 1 and info["tensor_types"]["Q8_0"] == 1
+    types = {t.name: t.type for t in tensor_table(bundle / "model.gguf")}
+    assert types["blk.0.attn_q.weight"] == types["blk.0.ffn_up.weight"] == "Q4_K"
+    assert types["blk.1.ffn_down.weight"] == "Q6_K"  # llama.cpp's Q4_K_M: more bits for some ffn_down
+    assert types["blk.0.attn_v.weight"] == types["token_embd.weight"] == "Q8_0"  # the recipe's 8-bit tensors
     assert not (tmp_path / "km" / "gguf-q4_k_m" / ".intermediate.gguf").exists()
     f = fields(reader(bundle))
     assert f["general.file_type"] == 15 and f["quantize.imatrix.entries_count"] == 15
@@ -167,6 +172,7 @@ def test_gguf_source_blocks_are_copied_bit_for_bit(tiny_model, tmp_path):
         assert np.array_equal(tensor_bytes(first, x), tensor_bytes(again / "model.gguf", y)), x.name
     q8 = export(source, "q8_0", tmp_path / "c")[1]["target_info"]
     assert q8["copied_from_source"] == 2 * 2 + 1 + 1  # norms and the Q8_0 embedding; Q4_1 matrices requantized
+    assert q8["grid_requantized"] == 2 * 7  # ... on their source grid (requant.py)
 
 
 # --- bad input --------------------------------------------------------------------------------------
@@ -198,7 +204,7 @@ def test_corrupt_files_are_refused(tiny_f32, tmp_path):
     shutil.copytree(tiny_f32[0], bundle)
     whole = (bundle / "model.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(SmolshipError, match="truncated"):
+    with pytest.raises(SmolshipError, match="not a readable GGUF"):
         load_model(tmp_path / "cut.gguf")
     (bundle / "model.gguf").write_bytes(whole[: len(whole) // 2])
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -216,7 +222,7 @@ def test_cli_export_of_a_corrupt_gguf_writes_nothing(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-c", "from smolship.cli.app import main; main()", "export",
                            str(tmp_path / "bad.gguf"), "--target", "gguf", "--quant", "q8_0", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2, proc.stderr + proc.stdout
     assert "not a readable GGUF" in proc.stdout + proc.stderr
     assert not out.exists()

@@ -70,7 +70,7 @@ def bits_per_weight(type_name: str) -> float:
     return 8 * size / block
 
 
-def source_block_overrides(plans: list["TensorPlan"], weight_type: str) -> dict[str, str]:
+def source_block_overrides(plans: list[TensorPlan], weight_type: str) -> dict[str, str]:
     """llama.cpp tensor-type overrides that keep a GGUF source's own 32-block tensors where llama.cpp would
     fall back from the k-quant (rows not a multiple of 256) to a 32-block type of as many or more bits:
     re-quantizing such a tensor can only add error, and copying it is no larger."""
@@ -85,25 +85,28 @@ def source_block_overrides(plans: list["TensorPlan"], weight_type: str) -> dict[
     return keep
 
 
-def user_rules(extra: dict) -> list[tuple[re.Pattern, str]]:
-    rules = []
-    for pattern, type_name in (extra.get("tensor_types") or {}).items():
+def compiled_rules(rules: dict[str, str]) -> list[tuple[re.Pattern, str]]:
+    out = []
+    for pattern, type_name in rules.items():
         try:
-            rules.append((re.compile(pattern), ggml_type(type_name).name))
+            out.append((re.compile(pattern), ggml_type(type_name).name))
         except re.error as e:
             raise SmolshipError(f"tensor_types pattern '{pattern}' is not a valid regular expression ({e}).",
                                 "Pass patterns such as r'attn_v\\.weight$' mapped to a type name.") from None
-    return rules
+    return out
 
 
 def choose_type(name: str, shape: tuple[int, ...], grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> str:
     if len(shape) == 1:
         return "F32"
-    for pattern, type_name in user_rules(extra):
+    for pattern, type_name in compiled_rules(extra.get("tensor_types") or {}):
         if pattern.search(name):
             return type_name
     if name in EMBEDDING_NAMES:
         return embedding_type(grecipe, keep_fp, extra) or grecipe.weight_type
+    for pattern, type_name in compiled_rules(dict(grecipe.tensor_rules)):
+        if pattern.search(name):
+            return type_name
     return grecipe.weight_type
 
 
@@ -142,6 +145,15 @@ def tensor_names(source) -> list[tuple[str, str, tuple[int, ...]]]:
             raise SmolshipError(f"Weight '{ours}' has no place in llama.cpp's Llama layout.",
                                 "Pass a plain LlamaForCausalLM checkpoint (no adapters or extra heads).") from None
     return out
+
+
+def llama_cpp_overrides(plans: list[TensorPlan], grecipe: GGUFRecipe, extra: dict) -> tuple[dict[str, str], int]:
+    """Tensor-type overrides for llama.cpp, in its first-match order: the user's, then the source blocks
+    to keep (unless extra["keep_source_blocks"] is False), then the recipe's rules; and how many are kept."""
+    user = extra.get("tensor_types") or {}
+    compiled_rules(user)  # validate early, with smolship's error
+    kept = source_block_overrides(plans, grecipe.weight_type) if extra.get("keep_source_blocks", True) else {}
+    return {**user, **kept, **{p: t for p, t in grecipe.tensor_rules if p not in user}}, len(kept)
 
 
 def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> list[TensorPlan]:

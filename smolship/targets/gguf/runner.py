@@ -8,8 +8,8 @@ row per position in `Llama.scores`. Prefill returns every prompt position; decod
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

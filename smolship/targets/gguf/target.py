@@ -21,17 +21,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import llama_cpp  # noqa: F401  (the registry imports this module only when llama_cpp is installed)
+import llama_cpp  # the registry imports this module only when llama_cpp is installed
 import numpy as np
 
 from smolship.errors import SmolshipError
 from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
 from smolship.targets.gguf.imatrix import DEFAULT_TOKENS, calibration_chunks, importance_matrix
-from smolship.targets.gguf.plan import embedding_type, plan_tensors, source_block_overrides
+from smolship.targets.gguf.index import tensor_bytes, tensor_table, type_counts
+from smolship.targets.gguf.plan import embedding_type, llama_cpp_overrides, plan_tensors
 from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
 from smolship.targets.gguf.runner import LlamaCppRunner
-from smolship.targets.gguf.index import tensor_bytes, tensor_table, type_counts
 from smolship.targets.gguf.writer import write_gguf
 
 MODEL_FILE = "model.gguf"
@@ -108,8 +108,7 @@ class GGUFTarget(Target):
                                                int(extra.get("imatrix_tokens", DEFAULT_TOKENS)))
             imatrix = importance_matrix(model, chunks)
             imatrix_info = {"dataset": label, "tokens": sum(map(len, chunks)), "entries": len(imatrix)}
-        kept = source_block_overrides(plans, grecipe.weight_type) if extra.get("keep_source_blocks", True) else {}
-        overrides = {**(extra.get("tensor_types") or {}), **kept}  # llama.cpp: first matching pattern wins
+        overrides, n_kept = llama_cpp_overrides(plans, grecipe, extra)
         kv = {}
         if imatrix_info:  # llama-quantize's convention, so other tools see how the file was made
             kv = {"quantize.imatrix.dataset": imatrix_info["dataset"], "quantize.imatrix.entries_count": imatrix_info["entries"],
@@ -123,9 +122,8 @@ class GGUFTarget(Target):
                                  tensor_types=overrides, imatrix=imatrix, threads=int(extra.get("threads", 0)))
         finally:
             inter.unlink(missing_ok=True)
-        fallbacks = [ln.strip() for ln in log if "falling back" in ln or "not divisible" in ln]
-        return {"imatrix": imatrix_info, "source_blocks_kept": len(kept),
-                "llama_cpp_fallbacks": len([ln for ln in fallbacks if "falling back" in ln])}
+        return {"imatrix": imatrix_info, "source_blocks_kept": n_kept, "tensor_type_overrides": len(overrides),
+                "llama_cpp_fallbacks": sum("falling back" in ln for ln in log)}
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> LlamaCppRunner:
         name = (manifest.get("target_info") or {}).get("gguf_file", MODEL_FILE)
