@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                "--eval-tokens", str(a.eval_tokens)] + (["--no-parity"] if a.no_parity else [])
         print(f"running {case} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if proc.returncode != 0:
             results.append({"case": case, "error": f"exit {proc.returncode}", "wall_s": round(time.perf_counter() - t0, 1)})
             continue

@@ -48,10 +48,11 @@ def options_for(recipe, variant: str | None):
         sys.exit(f"unknown variant '{variant}'; choose from {', '.join(VARIANTS)}")
     fields = json.loads(json.dumps(VARIANTS[variant][1]))
     extra = fields.get("extra", {})
-    if extra.get("embedding_type") == "SAME":  # the recipe's own layer type (Q4_K for q4_k_m)
+    if extra.get("embedding_type") == "SAME":  # 4 bits like the layers (Q4_0 for k-quants: a 576-wide Q4_K falls back to Q5_0)
         from smolship.targets.gguf.recipes import GGUF_RECIPES
 
-        extra["embedding_type"] = GGUF_RECIPES[recipe.name].weight_type
+        weight = GGUF_RECIPES[recipe.name].weight_type
+        extra["embedding_type"] = weight if weight in ("Q4_0", "Q4_1") else "Q4_0"
     return ExportOptions(**fields)
 
 

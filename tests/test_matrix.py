@@ -11,7 +11,7 @@ import pytest
 
 from smolship.export_matrix import TargetJob, run_jobs
 from smolship.targets import ExportOptions
-from tests.test_cli import smolship
+from test_cli import smolship
 
 
 @pytest.fixture(scope="module")

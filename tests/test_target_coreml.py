@@ -19,19 +19,19 @@ import torch
 
 pytest.importorskip("coremltools")
 
-from smolship.errors import SmolshipError  # noqa: E402
-from smolship.export import export_bundle  # noqa: E402
-from smolship.exporter.model import CacheMode  # noqa: E402
-from smolship.targets import ExportOptions, get_target  # noqa: E402
-from smolship.targets.coreml import convention as cv  # noqa: E402
-from smolship.targets.coreml import readback  # noqa: E402
-from smolship.targets.coreml.compress import asymmetric_blocks  # noqa: E402
-from smolship.targets.coreml.convert import trace  # noqa: E402
-from smolship.targets.coreml.graph_runner import GraphRunner  # noqa: E402
-from smolship.targets.coreml.stateful import StatefulLlama  # noqa: E402
-from smolship.targets.coreml.target import expected_compression  # noqa: E402
-from smolship.targets.coreml.weight_parity import weight_parity  # noqa: E402
-from smolship.validation.parity import measure_parity  # noqa: E402
+from smolship.errors import SmolshipError
+from smolship.export import export_bundle
+from smolship.exporter.model import CacheMode
+from smolship.targets import ExportOptions, get_target
+from smolship.targets.coreml import convention as cv
+from smolship.targets.coreml import readback
+from smolship.targets.coreml.compress import asymmetric_blocks
+from smolship.targets.coreml.convert import trace
+from smolship.targets.coreml.graph_runner import GraphRunner
+from smolship.targets.coreml.stateful import StatefulLlama
+from smolship.targets.coreml.target import expected_compression
+from smolship.targets.coreml.weight_parity import weight_parity
+from smolship.validation.parity import measure_parity
 
 TARGET = get_target("coreml")
 CAN_RUN, WHY_NOT = TARGET.can_run()
@@ -61,7 +61,7 @@ def read(bundle, source) -> readback.Package:
 def test_package_imports_without_coremltools():
     code = ("import sys; sys.modules['coremltools'] = None; import smolship.targets.coreml; "
             "import smolship.targets.coreml.convention, smolship.targets.coreml.naming")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -169,7 +169,7 @@ def test_package_structure(tiny_bundles, tiny_model, recipe):
 
 
 def test_structure_check_can_fail(tiny_bundles, tiny_model):
-    bundle, manifest = tiny_bundles["fp16"]
+    bundle, _ = tiny_bundles["fp16"]
     pkg = read(bundle, tiny_model)
     problems = readback.check_structure(pkg, tiny_model.config, 2 * TINY_SEQ, {"layers.0.mlp.up_proj.weight": "x"})
     text = " | ".join(problems)

@@ -14,13 +14,13 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from smolship.export import export_bundle  # noqa: E402
-from smolship.runner import ReferenceRunner  # noqa: E402
-from smolship.targets import ExportOptions, get_target  # noqa: E402
-from smolship.targets.onnx.blockquant import BlockQuant, dequantize, quantize_weight  # noqa: E402
-from smolship.targets.onnx.export import export_onnx, save_model  # noqa: E402
-from smolship.targets.onnx.graph_model import FusedDecoder, io_names  # noqa: E402
-from smolship.targets.onnx.runner import OnnxRunner  # noqa: E402
+from smolship.export import export_bundle
+from smolship.runner import ReferenceRunner
+from smolship.targets import ExportOptions, get_target
+from smolship.targets.onnx.blockquant import BlockQuant, dequantize, quantize_weight
+from smolship.targets.onnx.export import export_onnx, save_model
+from smolship.targets.onnx.graph_model import FusedDecoder, io_names
+from smolship.targets.onnx.runner import OnnxRunner
 
 
 def _tokens(n: int, seed: int = 0) -> list[int]:

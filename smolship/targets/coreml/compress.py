@@ -15,8 +15,11 @@ Three storage schemes, all iOS18 constexpr ops that Core ML dequantizes on devic
   blocks of 32 along the input axis - move by up to half a step; the float offset (allowed by the
   op: OffsetT may be fp16) reproduces that grid to fp16 precision. Measured on the real 135M:
   top-1 0.69 with integer zero points, 0.999 with float offsets.
-* `Palette` - ``coremltools.optimize``'s k-means palettizer, one LUT per group of output channels
-  -> ``constexpr_lut_to_dense``. Slow (k-means per group), so it runs in chunks that report progress.
+* `Palette` - ``coremltools.optimize``'s palettizer, one 16-entry LUT per group of output channels
+  -> ``constexpr_lut_to_dense``. The LUT is optimal 1-D k-means (the kmeans1d that coremltools
+  vendors and itself uses for large fp16 groups) passed as its ``lut_function``: its default picks
+  scikit-learn's k-means for groups under 10,000 weights (16 x 576 here), ~4x slower and never
+  better. Still minutes for 135M, so it runs in chunks that report progress and time.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from dataclasses import dataclass
 import coremltools.optimize as cto
 import numpy as np
 from coremltools.converters.mil import Builder as mb
-from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass, PassOption
+from coremltools.converters.mil.mil.passes.graph_pass import (
+    AbstractGraphPass,
+    PassOption,
+)
 from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 from coremltools.converters.mil.mil.types.type_int import np_uint4_dtype
 from coremltools.models.utils import _apply_graph_pass
@@ -54,7 +60,7 @@ class Palette:
     group_size: int = 16  # output channels sharing one look-up table
 
     def describe(self) -> str:
-        return f"{self.bits}-bit k-means palette per {self.group_size} channels"
+        return f"{self.bits}-bit k-means LUT per {self.group_size} channels"
 
 
 Scheme = Affine | Palette | None  # None = fp16
@@ -68,8 +74,12 @@ class Plan:
     def scheme(self, cls: str) -> Scheme:
         return {LINEAR: self.linear, EMBEDDING: self.embedding}[cls]
 
-    def without_embedding(self) -> "Plan":
+    def without_embedding(self) -> Plan:
         return Plan(self.linear, None)
+
+    def describe(self) -> dict[str, str | None]:
+        """{class: scheme text or None (fp16)}: recorded in the manifest, read back by the structure check."""
+        return {LINEAR: self.linear and self.linear.describe(), EMBEDDING: self.embedding and self.embedding.describe()}
 
 
 EMBED_8BIT = Affine(8, 32)  # the tied embedding/lm_head is the most sensitive tensor: 8 bits, fine blocks
@@ -125,10 +135,31 @@ class AsymmetricBlockwise(AbstractGraphPass):
 
 
 # --- coremltools.optimize passes ------------------------------------------------------------------
+class OptimalLut:
+    """lut_function for one channel group: optimal 1-D k-means over its (count-weighted) unique values."""
+
+    def __init__(self, bits: int):
+        from coremltools._deps import kmeans1d
+
+        self.bits, self.kmeans1d = bits, kmeans1d
+
+    def __call__(self, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values, inverse, counts = np.unique(val.reshape(-1), return_inverse=True, return_counts=True)
+        k = min(len(values), 1 << self.bits)
+        result = self.kmeans1d.cluster(values, k, weights=counts)
+        lut = np.zeros(1 << self.bits, dtype=val.dtype)
+        lut[:k] = result.centroids
+        return lut, np.asarray(result.clusters, dtype=np.uint8)[inverse.reshape(-1)]
+
+
 def op_config(scheme: Affine | Palette):
     """coremltools' config for a symmetric Affine or a Palette (weight_threshold 1: every named weight)."""
     if isinstance(scheme, Palette):
-        return cto.coreml.OpPalettizerConfig(mode="kmeans", nbits=scheme.bits, granularity="per_grouped_channel",
+        try:
+            lut = {"mode": "custom", "lut_function": OptimalLut(scheme.bits)}
+        except ImportError:  # coremltools without its vendored kmeans1d: its own k-means
+            lut = {"mode": "kmeans", "nbits": scheme.bits}
+        return cto.coreml.OpPalettizerConfig(**lut, granularity="per_grouped_channel",
                                              group_size=scheme.group_size, weight_threshold=1)
     return cto.coreml.OpLinearQuantizerConfig(
         mode="linear_symmetric", dtype=f"int{scheme.bits}", weight_threshold=1,
@@ -176,7 +207,8 @@ def compress(mlmodel, params, plan: Plan, progress: Progress = no_progress):
     linear = {n: op_config(s) for n, s in chosen.items() if isinstance(s, Affine) and s.symmetric}
     if linear:
         passes.append(library_pass("linear_quantize_weights", linear))
-    palette = {n: op_config(s) for n, s in chosen.items() if isinstance(s, Palette)}
+    palette_configs = {s: op_config(s) for s in set(chosen.values()) if isinstance(s, Palette)}  # one per scheme
+    palette = {n: palette_configs[s] for n, s in chosen.items() if isinstance(s, Palette)}
     if palette:
         label = f"palettizing ({', '.join(sorted({s.describe() for s in chosen.values() if isinstance(s, Palette)}))})"
         passes.append(Chunked("palettize_weights", palette, progress, label))

@@ -9,7 +9,7 @@ activations and the cache show up here before a Mac ever sees the package.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

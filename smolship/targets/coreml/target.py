@@ -14,15 +14,24 @@ import platform
 import time
 import weakref
 from pathlib import Path
+from typing import ClassVar
 
 import coremltools as ct
 import torch
 
 from smolship.errors import SmolshipError
 from smolship.runner import Runner
-from smolship.targets.base import ExportOptions, ExportResult, Precision, Progress, Recipe, Target, no_progress
+from smolship.targets.base import (
+    ExportOptions,
+    ExportResult,
+    Precision,
+    Progress,
+    Recipe,
+    Target,
+    no_progress,
+)
 from smolship.targets.coreml import readback
-from smolship.targets.coreml.compress import PLANS, Plan
+from smolship.targets.coreml.compress import PLANS, Plan, compress
 from smolship.targets.coreml.convert import convert, describe
 from smolship.targets.coreml.naming import weight_class
 from smolship.targets.coreml.runner import CoreMLRunner, runtime_unavailable_reason
@@ -55,7 +64,7 @@ def hf_config(source) -> dict:
 class CoreMLTarget(Target):
     name = "coreml"
     extra = "coreml"
-    recipes = {r.name: r for r in RECIPES}
+    recipes: ClassVar[dict[str, Recipe]] = {r.name: r for r in RECIPES}
     default_recipes = ("fp16", "w8", "w4")
     runtime_available_reason = "Core ML runs only on macOS 15+"
 
@@ -83,7 +92,7 @@ class CoreMLTarget(Target):
         fp16, convert_s, reused = self._fp16(model, max_seq_len, progress)
         progress(f"compressing ({recipe.name})", 0.4)
         t0 = time.perf_counter()
-        mlmodel, applied = self._compress(fp16, model, plan, progress)
+        mlmodel, applied = compress(fp16, list(model.state_dict), plan, lambda d, f: progress(d, 0.4 + 0.5 * f))
         compress_s = time.perf_counter() - t0
         describe(mlmodel, model, recipe, max_seq_len)
         progress("saving model.mlpackage", 0.9)
@@ -93,8 +102,7 @@ class CoreMLTarget(Target):
         (Path(out_dir) / "config.json").write_text(json.dumps(hf_config(model), indent=2))
         save_s = time.perf_counter() - t0
         pkg = readback.read_package(package, list(model.state_dict), dense=False)
-        plan_info = {"linear": plan.linear.describe() if plan.linear else None,
-                     "embedding": plan.embedding.describe() if plan.embedding else None}
+        plan_info = plan.describe()
         problems = readback.check_structure(pkg, cfg, max_seq_len, expected_compression(plan_info, model.state_dict))
         if problems:
             raise RuntimeError(f"the saved Core ML package is not what was asked for: {problems}")
@@ -110,15 +118,6 @@ class CoreMLTarget(Target):
         }
         progress("done", 1.0)
         return ExportResult(files=[readback.MODEL_FILE], info=info)
-
-    @staticmethod
-    def _compress(fp16, model, plan: Plan, progress: Progress):
-        from smolship.targets.coreml.compress import compress
-
-        def scaled(desc: str, frac: float) -> None:
-            progress(desc, 0.4 + 0.5 * frac)
-
-        return compress(fp16, list(model.state_dict), plan, scaled)
 
     def can_run(self) -> tuple[bool, str | None]:
         why = runtime_unavailable_reason()

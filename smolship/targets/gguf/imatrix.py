@@ -12,17 +12,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from smolship.errors import SmolshipError
 from smolship.exporter.model import CacheMode
 from smolship.exporter.naming import ours_to_gguf
 
 CHUNK = 512  # tokens per reference forward, as llama.cpp's imatrix tool uses
-DEFAULT_TOKENS = 2048
+DEFAULT_TOKENS = 2048  # 1024 to 8192 gave the same kld_mean on the 135M (0.035-0.037, within noise)
+MIN_TOKENS = 64
 
 
 def calibration_chunks(source, text: str | None, max_tokens: int = DEFAULT_TOKENS) -> tuple[list[list[int]], str]:
     """Token chunks to calibrate on and a label: `text` if given, else the built-in eval set."""
     if text:
         ids = source.tokenizer.encode(text)[:max_tokens]
+        if len(ids) < MIN_TOKENS:
+            raise SmolshipError(f"The calibration text is {len(ids)} tokens; the importance matrix needs at least {MIN_TOKENS}.",
+                                "Pass a longer ExportOptions.calibration_text, or none to use the built-in eval set.")
         return [ids[i: i + CHUNK] for i in range(0, len(ids), CHUNK) if len(ids[i: i + CHUNK]) > 1], "calibration_text"
     from smolship.validation.evalset import load_eval
 

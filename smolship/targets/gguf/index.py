@@ -8,7 +8,6 @@ file); checking what was written only needs the tensor table, so this walks the 
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +89,6 @@ def tensor_table(path: Path) -> list[TensorEntry]:
         nbytes = int(np.prod(shape)) // block * type_size
         out.append(TensorEntry(name, qtype.name, shape, start + offset, nbytes))
     return out
-
-
-def type_counts(path: Path) -> dict[str, int]:
-    return dict(Counter(t.type for t in tensor_table(path)))
 
 
 def tensor_bytes(path: Path, entry: TensorEntry) -> np.ndarray:

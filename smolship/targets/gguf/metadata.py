@@ -17,8 +17,9 @@ from smolship.errors import SmolshipError
 # llama.cpp's llama_token_type
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
 # general.* keys carried over from a GGUF source when present (the rest is written from smolship's own facts)
-CARRIED_GENERAL_KEYS = ("general.organization", "general.basename", "general.finetune", "general.license",
-                        "general.license.name", "general.license.link", "general.languages", "general.tags")
+CARRIED_GENERAL_KEYS = ("general.organization", "general.basename", "general.finetune", "general.license.name",
+                        "general.license.link", "general.languages", "general.tags")
+CARRIED_GENERAL_PREFIXES = ("general.source.", "general.base_model.")
 
 
 def add_llama_hparams(w, cfg, context_length: int) -> None:
@@ -123,20 +124,23 @@ def add_general(w, source, ftype: int, n_params: int, extra: dict) -> None:
     w.add_type("model")
     w.add_name(source.name)
     w.add_size_label(gguf.size_label(n_params, 0, 0, 0))
-    for key in CARRIED_GENERAL_KEYS:
-        val = fields.get(key)
-        if val not in (None, "", []):
-            if isinstance(val, list):
-                w.add_array(key, val)
-            else:
-                w.add_string(key, str(val))
-    license_ = extra.get("license") or (None if fields.get("general.license") else _readme_license(source.source.get("ref")))
-    if license_:
-        w.add_license(license_)
+    carried = [k for k in fields if k in CARRIED_GENERAL_KEYS or k.startswith(CARRIED_GENERAL_PREFIXES)]
     kind, ref = source.source.get("kind"), source.source.get("ref")
     if kind == "hub" and ref:
         w.add_source_url(f"https://huggingface.co/{ref}")
         w.add_source_repo_url(f"https://huggingface.co/{ref}")
+        carried = [k for k in carried if k not in ("general.source.url", "general.source.repo_url")]
+    for key in carried:
+        val = fields[key]
+        if isinstance(val, list):
+            w.add_array(key, val)
+        elif isinstance(val, int) and not isinstance(val, bool):
+            w.add_uint32(key, val)
+        elif val not in (None, ""):
+            w.add_string(key, str(val))
+    license_ = extra.get("license") or fields.get("general.license") or _readme_license(ref)
+    if license_:
+        w.add_license(str(license_))
     if fields.get("general.name"):
         w.add_string("smolship.source.general_name", str(fields["general.name"]))
     w.add_string("smolship.source.kind", str(kind))

@@ -19,6 +19,7 @@ Target-specific knobs in ``ExportOptions.extra``:
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import llama_cpp  # the registry imports this module only when llama_cpp is installed
@@ -27,7 +28,7 @@ import numpy as np
 from smolship.errors import SmolshipError
 from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
 from smolship.targets.gguf.imatrix import DEFAULT_TOKENS, calibration_chunks, importance_matrix
-from smolship.targets.gguf.index import tensor_bytes, tensor_table, type_counts
+from smolship.targets.gguf.index import TensorEntry, tensor_bytes, tensor_table
 from smolship.targets.gguf.plan import embedding_type, llama_cpp_overrides, plan_tensors
 from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
@@ -57,12 +58,12 @@ def gguf_recipe(recipe: Recipe, extra: dict) -> GGUFRecipe:
     return grecipe
 
 
-def copied_tensor_count(out: Path, source) -> int:
+def copied_tensor_count(out: Path, table: list[TensorEntry], source) -> int:
     """Tensors of `out` whose bytes equal the source GGUF's (checked, not assumed)."""
     if source.gguf is None:
         return 0
     n = 0
-    for entry in tensor_table(out):
+    for entry in table:
         s = source.gguf.tensors.get(entry.name)
         if s is not None and s.tensor_type.name == entry.type and int(s.n_bytes) == entry.nbytes \
                 and np.array_equal(np.asarray(s.data).view(np.uint8).reshape(-1), tensor_bytes(out, entry)):
@@ -90,11 +91,11 @@ class GGUFTarget(Target):
         else:
             info.update(self._llama_cpp_export(model, grecipe, plans, Path(out_dir), options, progress))
         progress("gguf: checking", 1.0)
-        info["tensor_types"] = type_counts(out)
-        info["embedding_type"] = next((t.type for t in plans if t.name == "token_embd.weight"), None) \
-            if grecipe.quantizer is Quantizer.GGUF_PY else embedding_type(grecipe, options.keep_embeddings_fp, extra)
-        info["copied_from_source"] = copied_tensor_count(out, model)
-        info["tied_embeddings"] = model.config.tie_word_embeddings
+        table = tensor_table(out)  # what was written, read back
+        info["tensor_types"] = dict(Counter(t.type for t in table))
+        info["embedding_type"] = next(t.type for t in table if t.name == "token_embd.weight")
+        info["copied_from_source"] = copied_tensor_count(out, table, model)
+        info["tied_embeddings"] = "output.weight" not in {t.name for t in table}
         return ExportResult(files=[MODEL_FILE], info=info)
 
     def _llama_cpp_export(self, model, grecipe: GGUFRecipe, plans, out_dir: Path, options: ExportOptions,

@@ -153,7 +153,7 @@ def _gptq_codes(w: torch.Tensor, scale, zp, cfg: BlockQuant, hessian: torch.Tens
 
 
 def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, cfg: BlockQuant) -> Quantized:
-    n, kb, bs = q.shape
+    n, kb, _ = q.shape
     qu8 = q.to(torch.uint8)
     if cfg.bits == 4:
         packed = (qu8[..., 0::2] | (qu8[..., 1::2] << 4)).numpy()

@@ -49,7 +49,7 @@ def _linear_t(weight: Tensor) -> nn.Parameter:
 class _FusedLayer(nn.Module):
     def __init__(self, sd: dict[str, Tensor], prefix: str, smooth: dict[str, Tensor]):
         super().__init__()
-        w = lambda name: sd[prefix + name]  # noqa: E731
+        w = lambda name: sd[prefix + name]
         ones = torch.ones(sd[prefix + "input_layernorm.weight"].shape)
         s_qkv, s_mlp = smooth.get(prefix + "qkv_proj", ones), smooth.get(prefix + "gate_up_proj", ones)
         # RMSNorm(x) * g @ W == RMSNorm(x) * (g / s) @ (s[:, None] * W): exact, and it evens out the

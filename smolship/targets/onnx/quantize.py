@@ -177,7 +177,7 @@ def _quantize_embedding(graph, cfg: BlockQuant, done: dict, tied: bool) -> str:
         return "float (no embedding Gather found)"
     node = gathers[0]
     emb = _weight(node.inputs[0])
-    vocab, hidden = emb.shape
+    vocab = emb.shape[0]
     shared = tied and "lm_head" in done and done["lm_head"][1] == cfg
     if shared:
         _, _, names = done["lm_head"]

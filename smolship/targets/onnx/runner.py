@@ -9,8 +9,8 @@ grow the cache by concatenation and feed it back (``past_present_share_buffer: f
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
