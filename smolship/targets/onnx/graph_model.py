@@ -8,8 +8,9 @@ and return ``logits (1, T, V)`` and ``present.N.key/value`` - the names onnxrunt
 * `FusedDecoder` ("fused" graph, the default): the same weights and math, re-wired for ONNX Runtime's
   fused kernels (contrib_ops.py): packed QKV and gate/up projections, GroupQueryAttention with rotary
   inside over a KV buffer that past and present share (``past_present_share_buffer: true``),
-  SkipSimplifiedLayerNormalization for every residual add + RMSNorm. The tied lm_head is its own
-  pre-transposed weight, so the quantizers see an ordinary MatMul.
+  SkipSimplifiedLayerNormalization for every residual add + RMSNorm. For quantized recipes the tied
+  lm_head is its own pre-transposed weight, so the quantizers see an ordinary MatMul; float recipes
+  keep it tied (Transpose of the embedding, folded by ONNX Runtime at load) so the file holds one copy.
 """
 
 from __future__ import annotations
@@ -67,13 +68,15 @@ class FusedDecoder(nn.Module):
     """The Llama of exporter/model.py on ONNX Runtime's fused kernels (see the module docstring)."""
 
     def __init__(self, cfg: LlamaConfig, state_dict: dict[str, Tensor], max_seq_len: int,
-                 smooth: dict[str, Tensor] | None = None):
+                 smooth: dict[str, Tensor] | None = None, materialize_lm_head: bool = True):
         super().__init__()
         self.cfg = cfg
         sd = state_dict
         self.embed_tokens = nn.Parameter(sd["embed_tokens.weight"], requires_grad=False)  # (V, h)
-        head = sd["embed_tokens.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
-        self.lm_head = _linear_t(head)  # (h, V): materialised even when tied, see module docstring
+        self.tied_head = cfg.tie_word_embeddings and not materialize_lm_head
+        if not self.tied_head:
+            head = sd["embed_tokens.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
+            self.lm_head = _linear_t(head)  # (h, V): its own weight even when tied, see module docstring
         self.layers = nn.ModuleList(_FusedLayer(sd, f"layers.{i}.", smooth or {}) for i in range(cfg.num_layers))
         self.norm = nn.Parameter(sd["norm.weight"], requires_grad=False)
         self.first_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)  # no residual yet: plain RMSNorm ops
@@ -101,7 +104,8 @@ class FusedDecoder(nn.Module):
             gate, up = (h @ layer.gate_up_proj).chunk(2, dim=-1)
             mlp_out = (nn.functional.silu(gate) * up) @ layer.down_proj
         h, _ = torch.ops.smolship_ort.skip_rms_norm(mlp_out, residual, self.norm, eps)
-        return (h @ self.lm_head, *presents)
+        head = self.embed_tokens.t() if self.tied_head else self.lm_head
+        return (h @ head, *presents)
 
     def empty_past(self, max_len: int, dtype=torch.float32) -> list[Tensor]:
         shape = (1, self.cfg.num_kv_heads, max_len, self.cfg.head_dim)

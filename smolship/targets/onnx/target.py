@@ -52,7 +52,8 @@ class OnnxTarget(Target):
                 info["smoothquant_alpha"] = plan.smooth_alpha
         progress("torch.onnx export", 0.1)
         dtype = torch.float16 if plan.dtype == "float16" else torch.float32
-        onnx_model = export_onnx(model, graph, options.max_seq_len, dtype, smooth)
+        onnx_model = export_onnx(model, graph, options.max_seq_len, dtype, smooth,
+                                 materialize_lm_head=plan.quant is not None)
         if plan.quant is not None:
             report = quantize_model(onnx_model, plan.quant, calib, tied=model.config.tie_word_embeddings,
                                     progress=lambda d, f: progress(d, 0.4 + 0.5 * f))
