@@ -61,8 +61,7 @@ def export_graph(module: nn.Module, max_prefill_len: int):
     dynamic = ({1: Dim("n", min=1, max=max_prefill_len)}, None)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ep = export(module, example, dynamic_shapes=dynamic, strict=True)
-        return ep.run_decompositions({})  # flattens torchao tensor subclasses into q/dq ops
+        return export(module, example, dynamic_shapes=dynamic, strict=True)
 
 
 def lower_to_xnnpack(ep, methods: dict):
@@ -70,9 +69,9 @@ def lower_to_xnnpack(ep, methods: dict):
     the rest stays on ExecuTorch's kernels (custom ops, quantized embedding, reductions)."""
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    from smolship.targets.executorch.partition import xnnpack_partitioner
+    from smolship.targets.executorch.partition import lean_xnnpack_passes, xnnpack_partitioner
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), lean_xnnpack_passes():
         warnings.simplefilter("ignore", FutureWarning)
         return to_edge_transform_and_lower(
             ep, partitioner=[xnnpack_partitioner()], constant_methods=methods,

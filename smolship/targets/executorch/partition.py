@@ -12,6 +12,8 @@ Every other linear goes through the stock config unchanged.
 
 from __future__ import annotations
 
+import contextlib
+
 from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
 from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
 from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
@@ -64,3 +66,34 @@ class WeightOnlyLinearConfig(LinearConfig):
 def xnnpack_partitioner() -> XnnpackPartitioner:
     configs = [WeightOnlyLinearConfig if c is LinearConfig else c for c in ALL_PARTITIONER_CONFIGS]
     return XnnpackPartitioner(configs=configs)
+
+
+@contextlib.contextmanager
+def lean_xnnpack_passes():
+    """Run only the XNNPACK preprocess passes this model's graph needs.
+
+    XnnpackBackend.preprocess runs 17 graph passes on every partition, each a full fake-tensor
+    retrace (conv/batch-norm/upsample/PReLU/SDPA pattern rewrites and more); on a quantized
+    30-layer decoder that was about half of a many-minute lowering. Our graphs hold linears,
+    elementwise ops, views and 4-D means only, which need the dim-order/clone clean-ups and the
+    channels-last tagging (for the means). Scoped to our own lowering call; the correctness of the
+    result is checked by the tests (program logits == eager model logits).
+    """
+    from executorch.backends.xnnpack import _passes as xp
+    from executorch.backends.xnnpack import xnnpack_preprocess as pre
+    from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
+    from executorch.backends.xnnpack._passes.remove_redundant_copy_pass import RemoveRedundantCopyPass
+
+    lean = [xp.XNNPACKRemoveCloneOpsTransform, xp.DimOrderOpsRevertPass, ChannelsLastTaggedReshapePass,
+            RemoveRedundantCopyPass]
+    original = pre.XNNPACKPassManager
+
+    class LeanPassManager(original):
+        def __init__(self, exported_program, passes=None):
+            super().__init__(exported_program, passes=passes or lean)
+
+    pre.XNNPACKPassManager = LeanPassManager
+    try:
+        yield
+    finally:
+        pre.XNNPACKPassManager = original

@@ -60,9 +60,9 @@ def pre_tokenizer_name(tok_json: dict, source_fields: dict | None) -> str:
     )
 
 
-def vocab_arrays(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
-    """(tokens by id, token types, merges "a b") for `tokenizer.ggml.*`, padded to the model's vocab size."""
-    tj = json.loads(tokenizer.to_str())
+def vocab_arrays(tokenizer, tj: dict, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """(tokens by id, token types, merges "a b") for `tokenizer.ggml.*`, padded to the model's vocab size.
+    `tj` is the tokenizer's JSON (tokenizer.to_str()) parsed."""
     model = tj.get("model", {})
     if model.get("type") != "BPE":
         raise SmolshipError(f"The tokenizer is a '{model.get('type')}' model; the GGUF target writes byte-level BPE only.",
@@ -85,9 +85,10 @@ def vocab_arrays(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list
 
 
 def add_tokenizer(w, chat_tok, vocab_size: int, source_fields: dict | None) -> None:
-    tokens, types, merges = vocab_arrays(chat_tok.tokenizer, vocab_size)
+    tj = json.loads(chat_tok.tokenizer.to_str())
+    tokens, types, merges = vocab_arrays(chat_tok.tokenizer, tj, vocab_size)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre_tokenizer_name(json.loads(chat_tok.tokenizer.to_str()), source_fields))
+    w.add_tokenizer_pre(pre_tokenizer_name(tj, source_fields))
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
