@@ -64,6 +64,7 @@ def latency(what, threads: int, runs: int) -> dict:
 
 
 def run_case(case: str, source, validator, out: Path, threads: list[int], runs: int) -> dict:
+    """Export one case, validate it (unless validator is None), time it at each thread count."""
     from smolship.export import export_bundle
     from smolship.targets import get_target
 
@@ -75,7 +76,7 @@ def run_case(case: str, source, validator, out: Path, threads: list[int], runs: 
     t0 = time.perf_counter()
     bundle, manifest = export_bundle(source, "gguf", recipe, folder, options_for(recipe, variant or None))
     export_s = time.perf_counter() - t0
-    v = validator.validate(bundle, manifest)
+    v = validator.validate(bundle, manifest) if validator is not None else {}
     row = {"case": case, "recipe": recipe_name, "variant": variant or None,
            "variant_description": VARIANTS[variant][0] if variant else None,
            "size_mb": manifest["size_mb"], "export_s": round(export_s, 2),
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--runs", type=int, default=3, help="latency runs per measurement (after one warm-up)")
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference's latency")
+    p.add_argument("--no-parity", action="store_true", help="export and time only (e.g. to re-time on a quiet machine)")
     p.add_argument("--bundles", type=Path, default=Path("bench-results/tmp/gguf"), help="where bundles are written")
     p.add_argument("--out", type=Path, default=Path("gguf_bench.json"))
     a = p.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = [int(t) for t in a.threads.split(",")]
     source = load_model(a.model)
     settings = ValidationSettings(eval_tokens=a.eval_tokens or None, measure_latency=False, parity=ParitySettings())
-    validator = Validator(source, settings)
+    validator = None if a.no_parity else Validator(source, settings)
     report = {"benchmark": "gguf", "smolship_version": __version__, "model": source.name, "source": source.source,
               "host": {"machine": platform.machine(), "python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
               "settings": {"eval_tokens": a.eval_tokens or "all", "threads": threads, "runs": a.runs,

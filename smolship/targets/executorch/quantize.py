@@ -51,8 +51,9 @@ class EmbeddingScheme:
 
 
 W8DA4 = LinearScheme("8da4w", bits=4, group_size=32, dynamic_activations=True, block_offsets=True)
-W8DA8 = LinearScheme("8da8w", bits=8, group_size=0, dynamic_activations=True)
-W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False)
+# Scale search cuts int8 per-channel MSE by only ~2% on SmolLM2 weights (measured) for 15x the time.
+W8DA8 = LinearScheme("8da8w", bits=8, group_size=0, dynamic_activations=True, scale_search=False)
+W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False, scale_search=False)
 SCHEMES = {s.name: s for s in (W8DA4, W8DA8, W8)}
 EMB8 = EmbeddingScheme(bits=8, group_size=0, asymmetric=False)
 EMB4 = EmbeddingScheme(bits=4, group_size=32, asymmetric=True)
