@@ -1,6 +1,7 @@
 """Source model -> fp16 stateful Core ML mlprogram (iOS18), in swift-transformers' I/O convention.
 
-The chain: build the reference Llama at ``max_seq_len`` -> wrap it (stateful.StatefulLlama) ->
+The chain: exporter.model.Llama at ``max_seq_len`` holding the source's own tensors -> wrap it
+(stateful.StatefulLlama) ->
 ``torch.jit.trace`` with a 2-token query after 3 past tokens -> ``ct.convert`` with
 ``inputIds [1, q]`` and ``causalMask [1, 1, q, past+q]`` sharing one query RangeDim (1..max_seq_len),
 so one model serves prefill and decode, the two caches as fp16 ``ct.StateType`` states, and fp16

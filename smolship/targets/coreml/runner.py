@@ -26,7 +26,8 @@ def runtime_unavailable_reason() -> str | None:
     if platform.system() != "Darwin":
         return (f"Core ML runs only on macOS 15+; this machine is {platform.system()} {platform.machine()}, so the "
                 "Core ML runtime was not run. The figures come from weight_parity: the weights read back out of "
-                "the .mlpackage, dequantized as stored, run through the reference graph.")
+                "the .mlpackage, dequantized as stored, run through the reference graph (and, as fp16_graph, "
+                "through the converted graph at fp16 in PyTorch).")
     release = platform.mac_ver()[0] or "0"
     version = tuple(int(x) for x in release.split(".")[:2] if x.isdigit())
     if version < MIN_MACOS:
