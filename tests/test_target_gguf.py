@@ -174,12 +174,33 @@ def test_gguf_source_blocks_are_copied_bit_for_bit(tiny_model, tmp_path):
     q8 = export(source, "q8_0", tmp_path / "c")[1]["target_info"]
     assert q8["copied_from_source"] == 2 * 2 + 1 + 1  # norms and the Q8_0 embedding; Q4_1 matrices requantized
     assert q8["grid_requantized"] == 2 * 7  # ... on their source grid (requant.py)
+    q51 = load_model(export(source, "q5_1", tmp_path / "f")[0] / "model.gguf")  # Q4_1 -> Q5_1 is exact
+    assert all(torch.equal(q51.state_dict[k], v) for k, v in source.state_dict.items())
     # k-quants: where llama.cpp would fall back (64-wide rows) to Q5_0, the source's Q4_1 blocks are kept
     km = export(source, "q4_k_m", tmp_path / "d")[1]["target_info"]
     assert km["source_blocks_kept"] == 2 * 7 and km["copied_from_source"] == len(a)
     pure = export(source, "q4_k_m", tmp_path / "e", ExportOptions(extra={"keep_source_blocks": False, "imatrix": False}))
     types = {t.name: t.type for t in tensor_table(pure[0] / "model.gguf")}
     assert (types["blk.0.attn_q.weight"], types["blk.0.attn_v.weight"]) == ("Q5_0", "Q8_0")  # llama.cpp's fallback
+
+
+@pytest.mark.parametrize("src", ["Q4_0", "Q4_1", "Q5_0", "Q5_1"])
+def test_requantization_on_the_source_grid(src):
+    """Checked bit for bit through gguf-py's own dequantizers: exact where the target holds the source's
+    levels, and never worse than llama.cpp's plain rounding for Q8_0."""
+    from smolship.targets.gguf.requant import EXACT, q5_exact, q8_0_on_grid
+
+    T = gguf.GGMLQuantizationType
+    x = np.random.default_rng(0).standard_normal((32, 256)).astype(np.float32)
+    raw = gguf.quants.quantize(x, T[src])
+    v = gguf.quants.dequantize(raw, T[src])
+    for s, dst in EXACT:
+        if s == src:
+            assert np.array_equal(gguf.quants.dequantize(q5_exact(v, raw, src, dst), T[dst]), v)
+    grid = gguf.quants.dequantize(q8_0_on_grid(v, raw, src), T.Q8_0)
+    plain = gguf.quants.dequantize(gguf.quants.quantize(v, T.Q8_0), T.Q8_0)
+    err, err_plain = ((grid - v) ** 2).sum(), ((plain - v) ** 2).sum()
+    assert err <= err_plain and (err == 0 if src in ("Q4_0", "Q5_0") else err < 0.5 * err_plain)
 
 
 # --- bad input --------------------------------------------------------------------------------------

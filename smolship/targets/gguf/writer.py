@@ -14,7 +14,7 @@ import numpy as np
 from smolship.exporter.naming import permute_qk
 from smolship.targets.gguf.metadata import add_general, add_llama_hparams, add_tokenizer
 from smolship.targets.gguf.plan import TensorPlan, ggml_type
-from smolship.targets.gguf.requant import GRID_TYPES, q8_0_on_grid
+from smolship.targets.gguf.requant import EXACT, GRID_TYPES, q5_exact, q8_0_on_grid
 
 RAW_NUMPY_TYPES = ("F32", "F16", "F64", "I8", "I16", "I32", "I64")  # gguf-py infers these from the dtype
 
@@ -42,13 +42,16 @@ def encode(w: np.ndarray, type_name: str) -> tuple[np.ndarray, object]:
 
 
 def requantized(plan: TensorPlan, source) -> tuple[np.ndarray, object] | None:
-    """Q8_0 from a source tensor on a 32-block grid, scales picked per block from that grid (requant.py)."""
-    if plan.type != "Q8_0" or source.gguf is None or plan.name not in source.gguf.tensors:
+    """A source tensor on a 32-block grid re-quantized onto that grid (requant.py), or None."""
+    if source.gguf is None or plan.name not in source.gguf.tensors:
         return None
     t = source.gguf.tensors[plan.name]
-    if t.tensor_type.name not in GRID_TYPES:
-        return None
-    return q8_0_on_grid(llama_layout(plan, source), t.data, t.tensor_type.name), ggml_type("Q8_0")
+    src = t.tensor_type.name
+    if (src, plan.type) in EXACT:
+        return q5_exact(llama_layout(plan, source), t.data, src, plan.type), ggml_type(plan.type)
+    if plan.type == "Q8_0" and src in GRID_TYPES:
+        return q8_0_on_grid(llama_layout(plan, source), t.data, src), ggml_type("Q8_0")
+    return None
 
 
 def copied(plan: TensorPlan, source) -> tuple[np.ndarray, object]:
