@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated RECIPE[:VARIANT]")
     p.add_argument("--model", default=None, help="model spec (default: the bundled SmolLM2-135M-Instruct)")
     p.add_argument("--eval-tokens", type=int, default=0, help="eval tokens for parity (0 = the whole eval set)")
-    p.add_argument("--threads", default="1,2")
+    p.add_argument("--threads", default="1,2", help='thread counts to time; "" = parity only')
     p.add_argument("--runs", type=int, default=3, help="latency runs per measurement (after one warm-up)")
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference's latency")
     p.add_argument("--no-parity", action="store_true", help="export and time only (e.g. to re-time on a quiet machine)")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     from smolship.validation.parity import ParitySettings
     from smolship.validation.validate import ValidationSettings, Validator
 
-    threads = [int(t) for t in a.threads.split(",")]
+    threads = [int(t) for t in a.threads.split(",") if t.strip()]
     source = load_model(a.model)
     settings = ValidationSettings(eval_tokens=a.eval_tokens or None, measure_latency=False, parity=ParitySettings())
     validator = None if a.no_parity else Validator(source, settings)

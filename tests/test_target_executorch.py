@@ -75,8 +75,9 @@ def test_attention_and_cache_use_custom_ops(fp32_bundle):
     for slow_op in ("index_put", "index_copy", "expand_copy", "bmm", "_softmax", "mean", "linear"):
         assert slow_op not in portable, portable
     assert info["xnnpack_op_types"]["linear"] >= 7 * n_layers
-    # norms and RoPE stay inside XNNPACK: about one partition per half-layer, not one per op
-    assert info["xnnpack_delegates"] <= n_layers + 1
+    # norms and RoPE stay inside XNNPACK: the custom ops cut each layer once, so about one partition
+    # per layer (+ the ends), not one per op (330 before the swaps in ops.py)
+    assert info["xnnpack_delegates"] <= n_layers + 2
 
 
 def test_constant_methods_follow_the_llm_runner_contract(fp32_runner, tiny_model):

@@ -155,6 +155,10 @@ def intx_weight(q: Tensor, scale: Tensor, bits: int, group_size: int, dynamic_ac
                                     Act.INT8_ASYM_PER_TOKEN if dynamic_activations else None)
 
 
+def _empty_linear(in_f: int, out_f: int) -> nn.Linear:
+    return torch.nn.utils.skip_init(nn.Linear, in_f, out_f, bias=False)  # its weight is replaced at once
+
+
 def _quantized_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> nn.Linear:
     q, s = symmetric_grid(w, scheme.bits, scheme.group_size, scheme.scale_search,
                           bf16_scales=scheme.group_size > 0)
@@ -162,7 +166,7 @@ def _quantized_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = 
         from smolship.targets.executorch.gptq import gptq_per_channel
 
         q = gptq_per_channel(w, hessian, s.reshape(-1, 1), scheme.bits)
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    lin = _empty_linear(w.shape[1], w.shape[0])
     lin.weight = nn.Parameter(intx_weight(q, s, scheme.bits, scheme.group_size, scheme.dynamic_activations),
                               requires_grad=False)
     return lin
@@ -190,11 +194,11 @@ class BlockOffsetLinear(nn.Module):
 def _block_offset_linear(w: Tensor, scheme: LinearScheme) -> BlockOffsetLinear:
     g = scheme.group_size
     q, s, c = asymmetric_int4_as_symmetric(w, g)
-    main = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    main = _empty_linear(w.shape[1], w.shape[0])
     main.weight = nn.Parameter(intx_weight(q, s, 4, g, scheme.dynamic_activations), requires_grad=False)
     off_w = c * g  # (out, nb): applied to block means
-    qo, so = symmetric_grid(off_w, 8, 0, search=True, bf16_scales=False)
-    offsets = nn.Linear(off_w.shape[1], off_w.shape[0], bias=False)
+    qo, so = symmetric_grid(off_w, 8, 0, search=False, bf16_scales=False)
+    offsets = _empty_linear(off_w.shape[1], off_w.shape[0])
     offsets.weight = nn.Parameter(intx_weight(qo, so, 8, 0, dynamic_activations=False), requires_grad=False)
     return BlockOffsetLinear(main, offsets, g)
 

@@ -87,7 +87,7 @@ class ExecuTorchTarget(Target):
 
         check_options(model, options)
         plan = Q.with_overrides(PLANS[recipe.name], options.extra or {}, options.keep_embeddings_fp)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         progress("building model", 0.02)
         llama = model.build(max_seq_len=options.max_seq_len)
         progress("quantizing", 0.05)
@@ -111,7 +111,8 @@ class ExecuTorchTarget(Target):
             "constant_methods": methods,
             "export_seconds": {"quantize": round(t_quant - t0, 1), "torch_export": round(t_export - t_quant, 1),
                                "lower": round(t_lower - t_export, 1), "serialize": round(t_end - t_lower, 1),
-                               "total": round(t_end - t0, 1)},
+                               "total": round(t_end - t0, 1),
+                               "cpu_total": round(time.process_time() - cpu0, 1)},
             "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
         progress("done", 1.0)
