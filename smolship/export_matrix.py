@@ -52,8 +52,10 @@ def run_target_job(job: TargetJob) -> TargetOutcome:
     from smolship.export import export_bundle
     from smolship.exporter.sources import load_model
     from smolship.targets import get_target
+    from smolship.logs import quiet_library_logs
     from smolship.validation.validate import Validator
 
+    quiet_library_logs()  # a spawned process: the parent's logging setup does not carry over
     outcome = TargetOutcome(job.target)
     try:
         target = get_target(job.target)

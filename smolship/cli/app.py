@@ -9,6 +9,7 @@ import typer
 from smolship.cli import chat_cmd, export_cmd, inspect_cmd, validate_cmd
 from smolship.cli.common import console, debug_enabled, print_error
 from smolship.errors import SmolshipError
+from smolship.logs import quiet_library_logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Export a small LLM to ONNX, Core ML, ExecuTorch and GGUF, each proven against PyTorch.")
@@ -20,6 +21,7 @@ app.command("inspect")(inspect_cmd.inspect)
 
 
 def main() -> None:
+    quiet_library_logs()
     try:
         code = app(standalone_mode=False)  # click returns typer.Exit codes instead of raising here
         if isinstance(code, int) and code:

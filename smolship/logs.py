@@ -1,0 +1,18 @@
+"""Keep library chatter that says nothing about the user's model out of the terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# torchao logs "Failed to load ..._C_cutlass_90a.so" for its optional CUDA kernels on every CPU-only
+# import, and torch warns about torchao's Enum pytree registration: neither concerns a CPU export.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_library_logs() -> None:
+    """Raise the noisy loggers to ERROR unless SMOLSHIP_DEBUG is set."""
+    if os.environ.get("SMOLSHIP_DEBUG", "") not in ("", "0"):
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
