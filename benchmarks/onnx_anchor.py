@@ -46,6 +46,7 @@ FRONT = {  # name -> ExportOptions.extra for the int4 recipe
     "gptq-asym": {"int4_method": "gptq"},
     "offset (default)": {"int4_method": "offset"},
     "offset, layers 0-1 8-bit": {"int4_method": "offset", "int4_eight_bit": [r"layers\.(0|1)\.\w+"]},
+    "offset, 4-bit lm_head/embedding": {"int4_method": "offset", "lm_head_bits": 4},
 }
 
 
@@ -136,6 +137,7 @@ def section_anchor(source, validator, out: Path, args) -> dict:
             for p in args.builder_precisions}
     rows["ours-int4"] = ours(source, "int4", out / "ours")
     rows["ours-int8"] = ours(source, "int8", out / "ours")
+    rows["ours-int4-head4"] = ours(source, "int4", out / "ours-head4", {"lm_head_bits": 4})  # speed point
     table = {name: {"size_mb": model_mb(f), **parity(validator, f)} for name, f in rows.items()}
     for t in args.threads:
         for name, r in latency(rows, t, args.repeats, source.config.vocab_size).items():

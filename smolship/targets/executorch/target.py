@@ -13,7 +13,6 @@ Knobs in ``ExportOptions.extra`` (see quantize.with_overrides): ``embedding_bits
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from smolship.targets.base import (
 )
 from smolship.targets.executorch import quantize as Q
 from smolship.targets.executorch.runner import ExecuTorchRunner
+from smolship.validation.latency import peak_rss_mb
 
 MODEL_FILE = "model.pte"
 
@@ -113,7 +113,7 @@ class ExecuTorchTarget(Target):
                                "lower": round(t_lower - t_export, 1), "serialize": round(t_end - t_lower, 1),
                                "total": round(t_end - t0, 1),
                                "cpu_total": round(time.process_time() - cpu0, 1)},
-            "export_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "export_peak_rss_mb": peak_rss_mb(),  # this process: source load + quantize + export + lower
         }
         progress("done", 1.0)
         return ExportResult(files=[MODEL_FILE], info=info)
