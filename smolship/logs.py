@@ -16,3 +16,7 @@ def quiet_library_logs() -> None:
         return
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # coremltools says "Failed to load _MLModelProxy" off macOS: the report already states that the
+    # Core ML runtime did not run and why, so drop those lines and keep its other warnings
+    logging.getLogger("coremltools").addFilter(
+        lambda record: not str(record.msg).startswith("Failed to load _ML"))
