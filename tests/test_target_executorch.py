@@ -231,3 +231,11 @@ def test_real_135m_default_4bit_recipe(default_model, default_validator, tmp_pat
     v = manifest["validation"]
     assert v["kld_mean"] <= 0.05 and v["top1_agreement"] >= 0.85, v
     assert manifest["size_mb"] <= 110, manifest["size_mb"]
+
+
+@pytest.mark.slow
+def test_real_135m_8bit_recipe(default_model, default_validator, tmp_path, target):
+    path, manifest = export_bundle(default_model, "executorch", target.recipes["8da8w"], tmp_path,
+                                   ExportOptions(max_seq_len=512), validator=default_validator)
+    v = manifest["validation"]
+    assert v["kld_mean"] <= 0.004 and v["top1_agreement"] >= 0.95, v
