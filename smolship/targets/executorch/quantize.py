@@ -287,3 +287,24 @@ def with_overrides(plan: QuantPlan, extra: dict, keep_embeddings_fp: bool) -> Qu
         user.insert(0, ("lm_head", None))
         embedding = None
     return replace(plan, rules=tuple(user + rules), embedding=embedding)
+
+
+@torch.no_grad()
+def fold_smoothing(model, scales: dict[str, Tensor]) -> int:
+    """SmoothQuant, in place: for the norm-fed matrices, divide the RMSNorm weight by s and multiply
+    the input columns of the matrices it feeds by s (the float model computes the same function).
+    Large activation channels shrink before int8 dynamic activation rounding; `scales` come from
+    exporter.calibration.smoothing_scales, keyed layers.{i}.qkv_proj / layers.{i}.gate_up_proj."""
+    done = 0
+    for i, layer in enumerate(model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        for key, norm, mats in ((f"layers.{i}.qkv_proj", layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
+                                (f"layers.{i}.gate_up_proj", layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+            if key not in scales:
+                continue
+            s = scales[key].to(norm.weight.dtype)
+            norm.weight.copy_(norm.weight / s)
+            for m in mats:
+                m.weight.copy_(m.weight * s)
+            done += 1
+    return done

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from smolship.targets.onnx.blockquant import BlockQuant, Quantized, dequantize, quantize_offset, quantize_weight
-from smolship.targets.onnx.calibration import Calibration
+from smolship.exporter.calibration import Calibration
 
 MS_DOMAIN = "com.microsoft"
 EMBEDDING = "embed_tokens"

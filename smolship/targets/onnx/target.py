@@ -29,7 +29,7 @@ class OnnxTarget(Target):
                progress: Progress = no_progress) -> ExportResult:
         import torch
 
-        from smolship.targets.onnx import calibration
+        from smolship.exporter import calibration
         from smolship.targets.onnx.export import export_onnx, save_model
         from smolship.targets.onnx.genai_config import genai_config, write_genai_config
         from smolship.targets.onnx.quantize import quantize_model

@@ -1,6 +1,7 @@
-"""Activation statistics for weight quantization, measured in the PyTorch reference model.
+"""Activation statistics for quantization, measured in the PyTorch reference model (shared by targets).
 
-For every matrix the fused graph multiplies (names as in graph_model.FusedDecoder), the inputs seen
+For every matrix a decoder layer multiplies (keyed by the fused names of the ONNX graph: qkv_proj,
+o_proj, gate_up_proj, down_proj, whose inputs are those of q_proj, o_proj, gate_proj, down_proj), the inputs seen
 on calibration text give `importance` = mean x^2 per input channel (weights the rounding error of
 the `mse` grid search) and `hessian` = X^T X / n (GPTQ). The text defaults to the shipped eval set,
 so the int4 recipe is tuned on the same kind of text parity is measured on; a user can pass
