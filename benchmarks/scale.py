@@ -2,6 +2,7 @@
 recording wall time and peak memory (max RSS of the child). Writes JSON.
 
     python benchmarks/scale.py --out bench-results/scale.json [--models random:smollm2-1.7b] [--targets gguf onnx]
+    python benchmarks/scale.py --models random:smollm2-1.7b --cases onnx:fp32 coreml:fp16   # other recipes
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def run_one(model: str, target: str, recipe: str, eval_tokens: int) -> dict:
             out.seek(0), err.seek(0)
             stdout, stderr = out.read(), err.read()
         wall = time.perf_counter() - t0
-        row = {"model": model, "target": target, "recipe": recipe, "seconds": round(wall, 1),
+        row = {"model": model, "target": target, "recipe": recipe, "seconds": round(wall, 1),  # export + validation
                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "ok": proc.returncode == 0}
+        for m in Path(tmp).glob("*/manifest.json"):  # read before the folder goes
+            row["export_s"] = json.loads(m.read_text()).get("export_seconds")
         if proc.returncode == 0:
             report = json.loads(stdout)
             if report.get("rows"):
@@ -46,16 +49,18 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["random:smollm2-360m", "random:smollm2-1.7b"])
     p.add_argument("--targets", nargs="+", default=list(DEFAULT_RECIPES))
+    p.add_argument("--cases", nargs="*", default=[], help="extra TARGET:RECIPE exports per model (e.g. onnx:fp32)")
     p.add_argument("--eval-tokens", type=int, default=256)
     p.add_argument("--out", type=Path, default=Path("bench-results/scale.json"))
     a = p.parse_args()
     rows = []
     for model in a.models:
-        for target in a.targets:
-            rows.append(run_one(model, target, DEFAULT_RECIPES[target], a.eval_tokens))
+        cases = [(t, DEFAULT_RECIPES[t]) for t in a.targets] + [tuple(c.split(":", 1)) for c in a.cases]
+        for target, recipe in cases:
+            rows.append(run_one(model, target, recipe, a.eval_tokens))
             print(json.dumps(rows[-1]), flush=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2))
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2))  # partial results survive
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ measured parity and latency.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from smolship.bundle import atomic_bundle, new_manifest, write_manifest
@@ -28,11 +29,14 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
     target = get_target(target_name)
     final = Path(out) / bundle_name(target_name, recipe.name)
     with atomic_bundle(final, force=force) as tmp:
+        t0 = time.perf_counter()
         result = target.export(source, recipe, tmp, options, progress)
+        export_seconds = round(time.perf_counter() - t0, 1)
         source.tokenizer.save(tmp)
         (tmp / "generation_config.json").write_text(json.dumps(source.tokenizer.generation_config(), indent=2))
         manifest = new_manifest(source, target_name, recipe, target.runtime_versions(), result.files,
                                 result.info, options.max_seq_len)
+        manifest["export_seconds"] = export_seconds  # the target's own work, without validation
         write_manifest(tmp, manifest)
         if validator is not None:
             progress("validating", 0.0)

@@ -139,12 +139,12 @@ def test_executorch_llm_runner_generates_the_same_tokens(fp32_bundle, fp32_runne
 def test_quantized_program_equals_its_eager_model(tiny_model, tmp_path, target, recipe):
     """The .pte runs exactly the quantized model we built (XNNPACK vs torchao reference math)."""
     from smolship.targets.executorch.ops import ExportLlama
-    from smolship.targets.executorch.target import PLANS
+    from smolship.targets.executorch.target import PLANS, calibrate
 
     result = target.export(tiny_model, target.recipes[recipe], tmp_path, TINY)
     runner = target.load_runner(tmp_path, {"max_seq_len": CACHE})
     eager = tiny_model.build(CACHE)
-    Q.apply_plan(eager, PLANS[recipe])
+    Q.apply_plan(eager, PLANS[recipe], calibrate(tiny_model, eager, PLANS[recipe], TINY))  # smoothing + GPTQ too
     eager = ExportLlama(eager)
     ids = [int(i) for i in np.random.default_rng(1).integers(3, 40000, size=9)]
     with torch.no_grad():
@@ -239,3 +239,31 @@ def test_real_135m_8bit_recipe(default_model, default_validator, tmp_path, targe
                                    ExportOptions(max_seq_len=512), validator=default_validator)
     v = manifest["validation"]
     assert v["kld_mean"] <= 0.004 and v["top1_agreement"] >= 0.95, v
+
+
+def test_smoothing_folds_without_changing_the_float_model(tiny_model):
+    """SmoothQuant moves scale between the norms and the matrices they feed; the function stays the same."""
+    ids = torch.tensor([[5, 9, 200, 3000, 17]])
+    base = tiny_model.build(CACHE)
+    smoothed = tiny_model.build(CACHE)
+    g = torch.Generator().manual_seed(0)
+    h = tiny_model.config.hidden_size
+    scales = {f"layers.{i}.{k}": torch.rand(h, generator=g) * 4 + 0.25
+              for i in range(tiny_model.config.num_layers) for k in ("qkv_proj", "gate_up_proj")}
+    assert Q.fold_smoothing(smoothed, scales) == 2 * tiny_model.config.num_layers
+    assert not torch.equal(smoothed.layers[0].self_attn.q_proj.weight, base.layers[0].self_attn.q_proj.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(smoothed(ids, torch.tensor([0])), base(ids, torch.tensor([0])), atol=1e-4, rtol=1e-4)
+
+
+def test_gptq_beats_round_to_nearest_on_the_output_error():
+    from smolship.targets.executorch.gptq import gptq_per_channel
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g) @ torch.randn(64, 64, generator=g)  # correlated inputs
+    w = torch.randn(32, 64, generator=g)
+    hessian = 2 * x.t() @ x / x.shape[0]
+    q0, s = Q.symmetric_grid(w, 8, 0, search=False, bf16_scales=False)
+    q1 = gptq_per_channel(w, hessian, s.reshape(-1, 1), 8)
+    err = [((x @ (q.float() * s.reshape(-1, 1)).t() - x @ w.t()) ** 2).mean() for q in (q0, q1)]
+    assert err[1] < 0.7 * err[0], err

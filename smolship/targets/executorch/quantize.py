@@ -56,7 +56,8 @@ W8DA4 = LinearScheme("8da4w", bits=4, group_size=32, dynamic_activations=True, b
 W8DA8 = LinearScheme("8da8w", bits=8, group_size=0, dynamic_activations=True, scale_search=False, gptq=True)
 W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False, scale_search=False, gptq=True)
 SCHEMES = {s.name: s for s in (W8DA4, W8DA8, W8)}
-EMB8 = EmbeddingScheme(bits=8, group_size=0, asymmetric=False)
+# Groups of 32 hold a Q8_0 source embedding exactly (one scale per row cannot); +3.5 MB of scales.
+EMB8 = EmbeddingScheme(bits=8, group_size=32, asymmetric=False)
 # Group 64 (not 32): the fp16 scales and zero points of a 49k x 576 table are 3.5 MB at 32, and the
 # 8da4w bundle of the default model must stay under 110 MB (eager kld_mean 0.0255 -> 0.0293 on 2,048 tokens).
 EMB4 = EmbeddingScheme(bits=4, group_size=64, asymmetric=True)
@@ -68,7 +69,11 @@ class QuantPlan:
 
     rules: tuple[tuple[str, LinearScheme | None], ...] = ()
     embedding: EmbeddingScheme | None = None
+    smooth_alpha: float | None = None  # SmoothQuant folded into the norms before int8 dynamic activations
     notes: dict = field(default_factory=dict)
+
+    def wants_gptq(self) -> bool:
+        return any(s is not None and s.gptq for _, s in self.rules)
 
     def scheme_for(self, name: str) -> LinearScheme | None:
         for pattern, scheme in self.rules:
@@ -84,6 +89,8 @@ class QuantPlan:
             "embedding": None if self.embedding is None else {"bits": self.embedding.bits,
                                                               "group_size": self.embedding.group_size,
                                                               "asymmetric": self.embedding.asymmetric},
+            "smooth_alpha": self.smooth_alpha,
+            "gptq": self.wants_gptq(),
             **self.notes,
         }
 
@@ -273,7 +280,8 @@ def apply_plan(model, plan: QuantPlan, calibration: list[list[int]] | None = Non
 
 def with_overrides(plan: QuantPlan, extra: dict, keep_embeddings_fp: bool) -> QuantPlan:
     """ExportOptions knobs: keep_embeddings_fp, and extra {"embedding_bits": 4|8, "lm_head": scheme|"fp32",
-    "group_size": int, "rules": [[regex, scheme|"fp32"], ...] (checked before the recipe's rules)}."""
+    "group_size": int, "rules": [[regex, scheme|"fp32"], ...] (checked before the recipe's rules),
+    "smooth_alpha": float (0 = off)}."""
     rules = list(plan.rules)
     embedding = plan.embedding
     if "group_size" in extra:
@@ -286,7 +294,10 @@ def with_overrides(plan: QuantPlan, extra: dict, keep_embeddings_fp: bool) -> Qu
     if keep_embeddings_fp:
         user.insert(0, ("lm_head", None))
         embedding = None
-    return replace(plan, rules=tuple(user + rules), embedding=embedding)
+    alpha = plan.smooth_alpha
+    if "smooth_alpha" in extra:
+        alpha = float(extra["smooth_alpha"]) or None
+    return replace(plan, rules=tuple(user + rules), embedding=embedding, smooth_alpha=alpha)
 
 
 @torch.no_grad()
