@@ -58,7 +58,7 @@ class ReferenceRunner(Runner):
 
     @classmethod
     def from_source(cls, source, max_seq_len: int = 2048, threads: int | None = None) -> "ReferenceRunner":
-        return cls(source.build(max_seq_len=max_seq_len), threads=threads)
+        return cls(source.build(max_seq_len=max_seq_len, share_weights=True), threads=threads)  # read-only
 
     def reset(self) -> None:
         self.pos = 0  # stale cache slots are masked out, so no need to zero them

@@ -37,10 +37,17 @@ class SourceModel:
     source: dict = field(default_factory=dict)  # kind, ref, sha256
     gguf: object | None = None  # GGUFFile when the source is a GGUF (for lossless re-export)
 
-    def build(self, max_seq_len: int = 2048, cache_mode: CacheMode = CacheMode.BUFFERS) -> Llama:
-        """A fresh eval-mode model holding these weights."""
+    def build(self, max_seq_len: int = 2048, cache_mode: CacheMode = CacheMode.BUFFERS,
+              share_weights: bool = False) -> Llama:
+        """A fresh eval-mode model holding these weights.
+
+        share_weights=True makes its parameters the source's own tensors instead of copies: for
+        read-only users (the reference runner), which then cost no second copy of the weights
+        (6.8 GB at 1.7B in fp32). Anything that edits weights in place must take a copy."""
         model = Llama(self.config, max_seq_len=max_seq_len, cache_mode=cache_mode)
-        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        missing, unexpected = model.load_state_dict(self.state_dict, strict=False, assign=share_weights)
+        if share_weights and self.config.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight  # assign replaced the tied Parameter object
         missing = [m for m in missing if not (m == "lm_head.weight" and self.config.tie_word_embeddings)]
         if missing or unexpected:
             raise SmolshipError(

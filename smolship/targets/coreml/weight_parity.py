@@ -47,7 +47,10 @@ def torch_threads(n: int):
 
 def readback_model(pkg: readback.Package, cfg, max_seq_len: int) -> Llama:
     model = Llama(cfg, max_seq_len=max_seq_len)
-    missing, unexpected = model.load_state_dict(readback.state_dict(pkg), strict=False)
+    # assign: the model uses the read-back tensors themselves (no second copy: 6.8 GB at 1.7B)
+    missing, unexpected = model.load_state_dict(readback.state_dict(pkg), strict=False, assign=True)
+    if cfg.tie_word_embeddings and "lm_head.weight" not in pkg.weights:
+        model.lm_head.weight = model.embed_tokens.weight  # assign replaced the tied Parameter object
     missing = [m for m in missing if not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
     if missing or unexpected:
         raise ValueError(f"read-back weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
