@@ -26,11 +26,13 @@ class Calibration:
     tokens: int
 
 
-def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int = 256) -> list[list[int]]:
+def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int = 256,
+                    from_end: bool = True) -> list[list[int]]:
     """Token sequences to calibrate on: the user's text, else the shipped eval set read from its end.
 
     Validation reads the eval set from its start (4,096 tokens by default, about the first 20 of 50
-    documents), so calibrating from the end keeps the default parity figures on held-out text."""
+    documents), so calibrating from the end keeps the default parity figures on held-out text.
+    from_end=False reads it from the start (the ONNX int8 recipe, see onnx/target.py)."""
     tok = source.tokenizer
     if text:
         ids = tok.encode(text)
@@ -39,7 +41,7 @@ def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int =
 
     docs = [list(d.ids) for d in load_eval(tok, max_doc_tokens=doc_tokens)]
     out, total = [], 0
-    for ids in reversed(docs):
+    for ids in (reversed(docs) if from_end else docs):
         if total >= max_tokens:
             break
         out.append(ids[: max_tokens - total])
