@@ -48,7 +48,7 @@ def run_one(model: str, target: str, recipe: str, eval_tokens: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="+", default=["random:smollm2-360m", "random:smollm2-1.7b"])
-    p.add_argument("--targets", nargs="+", default=list(DEFAULT_RECIPES))
+    p.add_argument("--targets", nargs="*", default=list(DEFAULT_RECIPES))
     p.add_argument("--cases", nargs="*", default=[], help="extra TARGET:RECIPE exports per model (e.g. onnx:fp32)")
     p.add_argument("--eval-tokens", type=int, default=256)
     p.add_argument("--out", type=Path, default=Path("bench-results/scale.json"))
