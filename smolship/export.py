@@ -39,20 +39,6 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
         manifest["export_seconds"] = export_seconds  # the target's own work, without validation
         write_manifest(tmp, manifest)
         if validator is not None:
-            release_freed_memory()  # the exporter's peak (17 GB for Core ML at 1.7B) is garbage by now
             progress("validating", 0.0)
             save_validation(tmp, manifest, validator.validate(tmp, manifest, progress))
     return final, manifest
-
-
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise), so the
-    validation that follows an export starts from the memory it needs, not the export's high-water mark."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS): nothing to trim
-        pass
