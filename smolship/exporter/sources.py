@@ -44,16 +44,12 @@ class SourceModel:
         share_weights=True makes its parameters the source's own tensors instead of copies: for
         read-only users (the reference runner), which then cost no second copy of the weights
         (6.8 GB at 1.7B in fp32). Anything that edits weights in place must take a copy."""
-        model = Llama(self.config, max_seq_len=max_seq_len, cache_mode=cache_mode)
-        missing, unexpected = model.load_state_dict(self.state_dict, strict=False, assign=share_weights)
-        if share_weights and self.config.tie_word_embeddings:
-            model.lm_head.weight = model.embed_tokens.weight  # assign replaced the tied Parameter object
-        missing = [m for m in missing if not (m == "lm_head.weight" and self.config.tie_word_embeddings)]
-        if missing or unexpected:
-            raise SmolshipError(
-                f"The weights of '{self.name}' do not fit a Llama model: missing {missing[:5]}, unexpected {unexpected[:5]}.",
-                "Pass a Llama-architecture checkpoint (LlamaForCausalLM).",
-            )
+        weights = self.state_dict if share_weights else {k: v.clone() for k, v in self.state_dict.items()}
+        try:
+            model = Llama.with_weights(self.config, weights, max_seq_len=max_seq_len, cache_mode=cache_mode)
+        except ValueError as e:
+            raise SmolshipError(f"The weights of '{self.name}' do not fit a Llama model: {e}.",
+                                "Pass a Llama-architecture checkpoint (LlamaForCausalLM).") from None
         return model.eval()
 
 

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import torch
 
-from smolship.exporter.model import CacheMode, Llama, rope_tables
+from smolship.exporter.model import CacheMode, Llama
 from smolship.targets.coreml import convention as cv
 from smolship.targets.coreml.stateful import StatefulLlama
 
@@ -23,17 +23,7 @@ from smolship.targets.coreml.stateful import StatefulLlama
 def borrowed_model(source, max_seq_len: int) -> Llama:
     """An eval Llama whose parameters ARE the source's tensors (no copy): converting a 1.7B model
     then holds one fp32 copy of the weights instead of two."""
-    cfg = source.config
-    with torch.device("meta"):
-        model = Llama(cfg, max_seq_len=max_seq_len, cache_mode=CacheMode.EXPLICIT)
-    missing, unexpected = model.load_state_dict(source.state_dict, strict=False, assign=True)
-    missing = [m for m in missing if not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"'{source.name}' does not fit a Llama: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced the tied parameter
-    model.rope_cos, model.rope_sin = rope_tables(cfg, max_seq_len)  # buffers, not in the state dict
-    return model.eval()
+    return Llama.with_weights(source.config, source.state_dict, max_seq_len, CacheMode.EXPLICIT)
 
 
 def trace(source, max_seq_len: int):

@@ -24,11 +24,8 @@ class GraphRunner(Runner):
     name = "coreml-graph-fp16"
 
     def __init__(self, cfg, state_dict: dict[str, torch.Tensor], max_seq_len: int, dtype=torch.float16):
-        model = Llama(cfg, max_seq_len=max_seq_len, cache_mode=CacheMode.EXPLICIT)
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [m for m in missing if not (m == "lm_head.weight" and cfg.tie_word_embeddings)]
-        if missing or unexpected:
-            raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        weights = {k: v.to(dtype) for k, v in state_dict.items()}  # cast first: no fp32 model copy
+        model = Llama.with_weights(cfg, weights, max_seq_len, CacheMode.EXPLICIT)
         self.graph = StatefulLlama(model).eval().to(dtype)  # weights, RoPE tables and states in `dtype`
         self.dtype = dtype
         self.max_seq_len = max_seq_len

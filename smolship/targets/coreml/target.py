@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
+import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -68,19 +70,25 @@ class CoreMLTarget(Target):
     default_recipes = ("fp16", "w8", "w4")
     runtime_available_reason = "Core ML runs only on macOS 15+"
 
-    _last: tuple | None = None  # (weakref to source, max_seq_len, fp16 MLModel, seconds) of the last conversion
+    # (weakref to source, max_seq_len, saved fp16 package, seconds) of the last conversion. The fp16
+    # program lives on disk, not in memory: at 1.7B its weights are 3.4 GB that validation needs.
+    _last: tuple | None = None
 
     def _fp16(self, source, max_seq_len: int, progress: Progress) -> tuple[object, float, bool]:
         last = CoreMLTarget._last
-        if last is not None and last[0]() is source and last[1] == max_seq_len:
-            return last[2], last[3], True
-        CoreMLTarget._last = None  # free the previous model before building the next
+        if last is not None and last[0]() is source and last[1] == max_seq_len and last[2].exists():
+            return ct.models.MLModel(str(last[2]), skip_model_load=True), last[3], True
+        CoreMLTarget._last = None
         progress("tracing and converting to Core ML (fp16)", 0.0)
         t0 = time.perf_counter()
         mlmodel = convert(source, max_seq_len)
         seconds = time.perf_counter() - t0
-        CoreMLTarget._last = (weakref.ref(source), max_seq_len, mlmodel, seconds)
-        return mlmodel, seconds, False
+        cache = Path(tempfile.mkdtemp(prefix="smolship-coreml-")) / "fp16.mlpackage"
+        weakref.finalize(source, shutil.rmtree, cache.parent, True)  # gone with the source (or at exit)
+        mlmodel.save(str(cache))
+        CoreMLTarget._last = (weakref.ref(source), max_seq_len, cache, seconds)
+        del mlmodel  # the in-memory program (3.4 GB at 1.7B); the saved copy is read lazily
+        return ct.models.MLModel(str(cache), skip_model_load=True), seconds, False
 
     def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
                progress: Progress = no_progress) -> ExportResult:
