@@ -78,6 +78,15 @@ def lower_to_xnnpack(ep, methods: dict):
             compile_config=EdgeCompileConfig(_check_ir_validity=False))
 
 
+def check_delegated(counts: dict) -> None:
+    """Every linear must run inside XNNPACK (partition.WholeLinearPartitioner keeps them whole, so one
+    it did not claim would fall to a slow portable kernel): fail the export rather than ship that."""
+    left = {op: n for op, n in counts["non_delegated_op_types"].items() if op in ("linear", "mm", "addmm", "bmm")}
+    if left:
+        raise RuntimeError(f"matrix multiplies left outside XNNPACK: {left}; the program would run them on "
+                           "ExecuTorch's portable kernels")
+
+
 def to_pte_bytes(edge) -> bytes:
     """Serialize; quant fusion turns dequantize+embedding into ``quantized_decomposed::embedding_*``."""
     from executorch.exir import ExecutorchBackendConfig

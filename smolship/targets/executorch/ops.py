@@ -19,7 +19,10 @@ portable op between delegated ops splits a partition; 330 partitions made loweri
 * `XnnpackRMSNorm`: the row mean as a 4-D ``mean`` over the two inner dims (XNNPACK's global
   average pooling) instead of a last-dim ``mean`` that XNNPACK does not take;
 * RoPE's rotate-half as a fixed 0/±1 matrix (`RotateHalf`), so ``slice``/``neg``/``cat`` become one
-  exact fp32 linear.
+  exact fp32 linear;
+* `SharedInputMLP` and the attention's projections go through `quantize.apply_all`, so the
+  linears that read one input (q/k/v, gate/up) share one block-mean computation for their
+  asymmetric-int4 offsets.
 
 Nothing in model.py changes: `swap_modules` replaces submodules (same weights, same parameter
 names), and `ExportLlama` is the top-level forward that turns ``input_pos`` into one symbolic
@@ -31,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smolship.exporter.model import Attention, Llama, RMSNorm
+from smolship.exporter.model import MLP, Attention, Llama, RMSNorm
+from smolship.targets.executorch.quantize import apply_all
 
 
 def load_custom_ops() -> None:
@@ -103,14 +107,27 @@ class CustomOpAttention(Attention):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, start_pos, past_k=None, past_v=None):
         b = x.shape[0]  # token dim as -1 in every reshape: XNNPACK takes one inferred dim, no symbols
-        q = self.q_proj(x).view(b, -1, self.n_heads, self.head_dim)  # (B, T, nh, hd)
-        k = self.k_proj(x).view(b, -1, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
-        v = self.v_proj(x).view(b, -1, self.n_kv_heads, self.head_dim)
+        q, k, v = apply_all((self.q_proj, self.k_proj, self.v_proj), x)
+        q = q.view(b, -1, self.n_heads, self.head_dim)  # (B, T, nh, hd)
+        k = k.view(b, -1, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
+        v = v.view(b, -1, self.n_kv_heads, self.head_dim)
         q = q * cos + self.rotate_half(q) * sin  # cos/sin (T, 1, hd) broadcast over heads
         k = k * cos + self.rotate_half(k) * sin
         k_cache, v_cache = self.kv_cache.update(start_pos, k, v)  # (B, max_seq, nkv, hd)
         y = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start_pos, None, 0.0, True)  # (B, T, nh, hd)
         return self.o_proj(y.reshape(b, -1, self.n_heads * self.head_dim)), None
+
+
+class SharedInputMLP(nn.Module):
+    """SwiGLU with gate and up applied through `apply_all` (one block-mean computation for both)."""
+
+    def __init__(self, mlp: MLP):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = apply_all((self.gate_proj, self.up_proj), x)
+        return self.down_proj(torch.nn.functional.silu(gate) * up)
 
 
 def swap_modules(model: Llama) -> Llama:
@@ -119,6 +136,8 @@ def swap_modules(model: Llama) -> Llama:
     for layer in model.layers:
         if not isinstance(layer.self_attn, CustomOpAttention):
             layer.self_attn = CustomOpAttention.from_attention(layer.self_attn, model.max_seq_len)
+        if isinstance(layer.mlp, MLP):
+            layer.mlp = SharedInputMLP(layer.mlp)
         for name in ("input_layernorm", "post_attention_layernorm"):
             norm = getattr(layer, name)
             if isinstance(norm, RMSNorm):

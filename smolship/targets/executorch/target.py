@@ -127,11 +127,13 @@ class ExecuTorchTarget(Target):
         t_lower = time.perf_counter()
         progress("serializing", 0.85)
         data, program = lower.to_pte_bytes(edge)
+        delegation = lower.op_counts(program)
+        lower.check_delegated(delegation)
         (Path(out_dir) / MODEL_FILE).write_bytes(data)
         t_end = time.perf_counter()
         info = {
             "quant": {"recipe": recipe.name, "plan": plan.describe(), **quant},
-            "delegation": lower.op_counts(program),
+            "delegation": delegation,
             "constant_methods": methods,
             "export_seconds": {"quantize": round(t_quant - t0, 1), "torch_export": round(t_export - t_quant, 1),
                                "lower": round(t_lower - t_export, 1), "serialize": round(t_end - t_lower, 1),
