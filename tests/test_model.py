@@ -101,3 +101,21 @@ def test_random_published_configs_match_transformers(preset, n_tokens):
     # random weights give logits of order 1-10; fp32 through 24-32 layers stays within 1e-4
     assert (got - want).abs().max().item() <= 1e-4
     assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_with_weights_aliases_and_skips_random_init(tiny_model):
+    """Llama.with_weights: parameters ARE the given tensors (no copy), buffers are real, a mismatch is named."""
+    from smolship.exporter.model import Llama
+
+    model = Llama.with_weights(tiny_model.config, tiny_model.state_dict, max_seq_len=64)
+    emb = tiny_model.state_dict["embed_tokens.weight"]
+    assert model.embed_tokens.weight.data_ptr() == emb.data_ptr()
+    if tiny_model.config.tie_word_embeddings:
+        assert model.lm_head.weight is model.embed_tokens.weight
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    ids = torch.tensor([tiny_model.tokenizer.encode("aliased weights, same logits")])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, torch.tensor([0])), tiny_model.build(64)(ids, torch.tensor([0])))
+    broken = {k: v for k, v in tiny_model.state_dict.items() if k != "norm.weight"}
+    with pytest.raises(ValueError, match="norm.weight"):
+        Llama.with_weights(tiny_model.config, broken, max_seq_len=64)

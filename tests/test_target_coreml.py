@@ -168,6 +168,12 @@ def test_package_structure(tiny_bundles, tiny_model, recipe):
     assert sorted(pkg.tables) == ["model_rope_cos_to_fp16", "model_rope_sin_to_fp16"]
 
 
+def test_one_conversion_serves_every_recipe(tiny_bundles):
+    """The fp16 conversion is cached (on disk) for the next recipe of the same source and length."""
+    reused = {r: m["target_info"]["conversion_reused"] for r, (_b, m) in tiny_bundles.items()}
+    assert reused == {"fp16": False, "w8": True, "w4": True, "pal4": True}
+
+
 def test_structure_check_can_fail(tiny_bundles, tiny_model):
     bundle, _ = tiny_bundles["fp16"]
     pkg = read(bundle, tiny_model)

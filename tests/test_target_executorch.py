@@ -186,6 +186,25 @@ def test_scale_search_never_worse_than_round_to_nearest():
         assert err[1] <= err[0]
 
 
+def test_shared_block_means_equal_separate_calls():
+    """apply_all computes the block means once for q/k/v-style siblings; the outputs must not change."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 64)
+    mods = [Q.quantize_linear(torch.randn(n, 64), Q.W8DA4) for n in (64, 32, 32)]
+    mods.append(Q.quantize_linear(torch.randn(16, 64), Q.W8))  # a plain linear passes through
+    with torch.no_grad():
+        for got, m in zip(Q.apply_all(mods, x), mods):
+            torch.testing.assert_close(got, m(x), rtol=0, atol=0)
+
+
+def test_matmul_left_outside_xnnpack_fails_the_export():
+    from smolship.targets.executorch.lower import check_delegated
+
+    check_delegated({"non_delegated_op_types": {"custom_sdpa": 30, "update_cache": 60}})
+    with pytest.raises(RuntimeError, match="linear"):
+        check_delegated({"non_delegated_op_types": {"linear": 1, "custom_sdpa": 30}})
+
+
 def test_plan_overrides_first_match_wins():
     from smolship.targets.executorch.target import PLANS
 

@@ -1,0 +1,114 @@
+"""ExecuTorch size / accuracy / speed front: export recipe variants, measure each in executorch.runtime.
+
+Each variant is a recipe plus ExportOptions.extra knobs (see targets/executorch/target.py). Every
+program is measured the same way in this one process: kld_mean / top-1 against the PyTorch
+reference on the eval set (2 threads), then decode tok/s on 1 and 2 threads, interleaved across
+variants (best of --repeats rounds) so load from elsewhere hits all alike. `--baseline PTE` adds an
+existing program (e.g. optimum-executorch's, from benchmarks/executorch_anchor.py) to the same runs.
+
+    python benchmarks/executorch_front.py --variants default head-8da4w sym-layers \
+        --baseline bench-results/tmp/executorch_anchor/optimum/model.pte --out bench-results/executorch_front.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from executorch_anchor import open_runner  # noqa: E402
+
+from smolship.export import export_bundle  # noqa: E402
+from smolship.exporter import load_model  # noqa: E402
+from smolship.targets import ExportOptions, get_target  # noqa: E402
+from smolship.validation.latency import LatencySettings, measure_latency  # noqa: E402
+from smolship.validation.parity import measure_parity  # noqa: E402
+from smolship.validation.validate import ValidationSettings, Validator  # noqa: E402
+
+# name -> (recipe, extra knobs)
+VARIANTS = {
+    "default": ("8da4w", {}),
+    "head-8da8w": ("8da4w", {"lm_head": "8da8w"}),
+    "head-8da4w": ("8da4w", {"lm_head": "8da4w"}),
+    "sym-layers": ("8da4w", {"rules": [[r"layers\..*", "8da4w-sym"]]}),
+    "sym-qk": ("8da4w", {"rules": [[r"layers\..*\.(q_proj|k_proj)", "8da4w-sym"]]}),
+    "emb8": ("8da4w", {"embedding_bits": 8}),
+    "group64": ("8da4w", {"group_size": 64}),
+    "8da8w": ("8da8w", {}),
+    "int8": ("int8", {}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model spec (default: the real SmolLM2-135M-Instruct)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--baseline", type=Path, default=None, help="an optimum-executorch model.pte to measure alongside")
+    ap.add_argument("--work", type=Path, default=Path("bench-results/tmp/executorch_front"))
+    ap.add_argument("--out", type=Path, default=Path("bench-results/executorch_front.json"))
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    source = load_model(args.model)
+    target = get_target("executorch")
+    rows: dict[str, dict] = {}
+    paths: dict[str, tuple[str, Path]] = {}
+    if args.baseline:
+        paths["optimum-executorch"] = ("optimum", args.baseline)
+        rows["optimum-executorch"] = {"size_mb": round(args.baseline.stat().st_size / 1e6, 2)}
+    for name in args.variants:
+        recipe, extra = VARIANTS[name]
+        t0 = time.perf_counter()
+        bundle, manifest = export_bundle(source, "executorch", target.recipes[recipe], args.work / name,
+                                         ExportOptions(extra=extra), validator=None, force=True)
+        info = manifest["target_info"]
+        rows[name] = {"recipe": recipe, "extra": extra, "export_s": round(time.perf_counter() - t0, 1),
+                      "export_seconds": info["export_seconds"],
+                      "size_mb": round((bundle / "model.pte").stat().st_size / 1e6, 2),
+                      "delegation": {k: info["delegation"][k] for k in ("xnnpack_delegates", "xnnpack_ops",
+                                                                         "non_delegated_ops")}}
+        paths[name] = ("ours", bundle)
+        print(name, rows[name], flush=True)
+        gc.collect()
+
+    validator = Validator(source, ValidationSettings(eval_tokens=args.eval_tokens, measure_latency=False))
+    for name, (kind, path) in paths.items():
+        runner = open_runner(kind, path, 2, 2048)
+        v = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
+        runner.close()
+        rows[name].update({k: v[k] for k in ("kld_mean", "top1_agreement", "eval_tokens")})
+        print(name, "kld_mean", round(v["kld_mean"], 5), flush=True)
+
+    for t in args.threads:
+        settings = LatencySettings(prompt_tokens=128, new_tokens=128, runs=3, threads=t)
+        for _ in range(args.repeats):
+            for name, (kind, path) in paths.items():
+                runner = open_runner(kind, path, t, 2048)
+                r = measure_latency(runner, source.config.vocab_size, settings)
+                runner.close()
+                rows[name][f"decode_tok_s@{t}"] = max(rows[name].get(f"decode_tok_s@{t}", 0.0), round(r["decode_tok_s"], 1))
+        print("decode", t, {n: rows[n][f"decode_tok_s@{t}"] for n in rows}, flush=True)
+
+    if args.baseline:
+        base = rows["optimum-executorch"]
+        for name, row in rows.items():
+            row["decode_ratio_vs_optimum"] = {t: round(row[f"decode_tok_s@{t}"] / base[f"decode_tok_s@{t}"], 3)
+                                              for t in args.threads}
+    report = {"benchmark": "executorch_front", "model": source.name, "machine": {"cpu_count": os.cpu_count()},
+              "settings": {"eval_tokens": args.eval_tokens, "threads": args.threads,
+                           "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
+              "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
