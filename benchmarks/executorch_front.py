@@ -32,6 +32,7 @@ from smolship.validation.validate import ValidationSettings, Validator  # noqa: 
 
 # name -> (recipe, extra knobs)
 VARIANTS = {
+    "fp32": ("fp32", {}),
     "default": ("8da4w", {}),
     "head-8da8w": ("8da4w", {"lm_head": "8da8w"}),
     "head-8da4w": ("8da4w", {"lm_head": "8da4w"}),
@@ -83,7 +84,8 @@ def main() -> None:
         runner = open_runner(kind, path, 2, 2048)
         v = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
         runner.close()
-        rows[name].update({k: v[k] for k in ("kld_mean", "top1_agreement", "eval_tokens")})
+        rows[name].update({k: v[k] for k in ("kld_mean", "top1_agreement", "max_abs_logit_diff", "greedy_match",
+                                              "greedy_tokens", "eval_tokens")})
         print(name, "kld_mean", round(v["kld_mean"], 5), flush=True)
 
     for t in args.threads:
