@@ -34,6 +34,7 @@ from smolship.validation.validate import ValidationSettings, Validator  # noqa: 
 VARIANTS = {
     "fp32": ("fp32", {}),
     "default": ("8da4w", {}),
+    "head-w8-rtn": ("8da4w", {"lm_head": "w8-rtn"}),
     "head-8da8w": ("8da4w", {"lm_head": "8da8w"}),
     "head-8da4w": ("8da4w", {"lm_head": "8da4w"}),
     "sym-layers": ("8da4w", {"rules": [[r"layers\..*", "8da4w-sym"]]}),

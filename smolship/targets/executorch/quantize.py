@@ -58,7 +58,8 @@ W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False, scale_s
 # Symmetric int4 straight onto qb4w: no side linear (fewer kernel calls per token), but weights on an
 # asymmetric grid (the default model's Q4_1 blocks) lose their offsets; a knob for `rules`.
 W8DA4_SYM = replace(W8DA4, name="8da4w-sym", block_offsets=False)
-SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8)}
+W8_RTN = replace(W8, name="w8-rtn", gptq=False)  # no calibration pass: round to nearest
+SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8, W8_RTN)}
 # Groups of 32 hold a Q8_0 source embedding exactly (one scale per row cannot); +3.5 MB of scales.
 EMB8 = EmbeddingScheme(bits=8, group_size=32, asymmetric=False)
 # Group 64 (not 32): the fp16 scales and zero points of a 49k x 576 table are 3.5 MB at 32, and the
