@@ -122,6 +122,35 @@ def open_runner(name: str, path: Path, threads: int | None, max_seq_len: int) ->
     return ExecuTorchRunner(path / "model.pte", max_seq_len, threads=threads)
 
 
+PARITY_KEYS = ("kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff", "greedy_match", "greedy_tokens",
+               "eval_tokens")
+
+
+def measure_programs(programs: dict[str, tuple[str, Path]], source, rows: dict[str, dict], eval_tokens: int,
+                     threads: list[int], repeats: int, max_seq_len: int = 2048) -> None:
+    """Into rows[name]: parity of each program (name -> (runner kind, path)) against the reference on
+    2 threads, then prefill / decode tok/s at each thread count, interleaved across programs (best of
+    `repeats` rounds of the median of 3 runs) so load from elsewhere hits them all alike."""
+    validator = Validator(source, ValidationSettings(eval_tokens=eval_tokens, measure_latency=False))
+    for name, (kind, path) in programs.items():
+        runner = open_runner(kind, path, 2, max_seq_len)
+        v = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
+        runner.close()
+        rows[name].update({k: v[k] for k in PARITY_KEYS})
+        print(name, "parity", {k: rows[name][k] for k in ("kld_mean", "top1_agreement")}, flush=True)
+        gc.collect()
+    for t in threads:
+        settings = LatencySettings(prompt_tokens=128, new_tokens=128, runs=3, threads=t)
+        for _ in range(repeats):
+            for name, (kind, path) in programs.items():
+                runner = open_runner(kind, path, t, max_seq_len)
+                r = measure_latency(runner, source.config.vocab_size, settings)
+                runner.close()
+                for k in ("prefill_tok_s", "decode_tok_s"):
+                    rows[name][f"{k}@{t}"] = max(rows[name].get(f"{k}@{t}", 0.0), r[k])
+        print("latency", t, {n: rows[n][f"decode_tok_s@{t}"] for n in programs}, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--optimum-python", default="/tmp/oenv/bin/python")
@@ -147,26 +176,8 @@ def main() -> None:
         files = [p] if p.is_file() else list(p.glob("*.pte"))
         rows[name]["size_mb"] = round(sum(f.stat().st_size for f in files) / 1e6, 2)
 
-    validator = Validator(source, ValidationSettings(eval_tokens=args.eval_tokens, measure_latency=False))
-    for name, p in paths.items():
-        runner = open_runner(name, p, 2, args.max_seq_len)
-        v = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
-        runner.close()
-        rows[name].update({k: v[k] for k in ("kld_mean", "kld_p99", "top1_agreement", "greedy_match", "eval_tokens")})
-        print(name, "parity", {k: rows[name][k] for k in ("kld_mean", "top1_agreement")}, flush=True)
-        gc.collect()
-
-    settings = {t: LatencySettings(prompt_tokens=128, new_tokens=128, runs=3, threads=t) for t in args.threads}
-    for t in args.threads:
-        for _ in range(args.repeats):
-            for name, p in paths.items():
-                runner = open_runner(name, p, t, args.max_seq_len)
-                r = measure_latency(runner, source.config.vocab_size, settings[t])
-                runner.close()
-                for k in ("prefill_tok_s", "decode_tok_s"):
-                    key = f"{k}@{t}"
-                    rows[name][key] = max(rows[name].get(key, 0.0), r[k])
-        print("latency", t, {n: rows[n][f"decode_tok_s@{t}"] for n in rows}, flush=True)
+    measure_programs({name: (name, p) for name, p in paths.items()}, source, rows, args.eval_tokens,
+                     args.threads, args.repeats, args.max_seq_len)
 
     o, b = rows["ours"], rows["optimum"]
     ratios = {"kld_mean": round(o["kld_mean"] / b["kld_mean"], 4), "size": round(o["size_mb"] / b["size_mb"], 3),

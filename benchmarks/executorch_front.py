@@ -1,10 +1,11 @@
 """ExecuTorch size / accuracy / speed front: export recipe variants, measure each in executorch.runtime.
 
 Each variant is a recipe plus ExportOptions.extra knobs (see targets/executorch/target.py). Every
-program is measured the same way in this one process: kld_mean / top-1 against the PyTorch
-reference on the eval set (2 threads), then decode tok/s on 1 and 2 threads, interleaved across
-variants (best of --repeats rounds) so load from elsewhere hits all alike. `--baseline PTE` adds an
-existing program (e.g. optimum-executorch's, from benchmarks/executorch_anchor.py) to the same runs.
+program is measured the same way in this one process (executorch_anchor.measure_programs): kld_mean /
+top-1 against the PyTorch reference on the eval set (2 threads), then prefill / decode tok/s on 1 and
+2 threads, interleaved across variants (best of --repeats rounds) so load from elsewhere hits all
+alike. `--baseline PTE` adds an existing program (e.g. optimum-executorch's, from
+benchmarks/executorch_anchor.py) to the same runs.
 
     python benchmarks/executorch_front.py --variants default head-8da4w sym-layers \
         --baseline bench-results/tmp/executorch_anchor/optimum/model.pte --out bench-results/executorch_front.json
@@ -21,14 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from executorch_anchor import open_runner  # noqa: E402
+from executorch_anchor import measure_programs  # noqa: E402
 
 from smolship.export import export_bundle  # noqa: E402
 from smolship.exporter import load_model  # noqa: E402
 from smolship.targets import ExportOptions, get_target  # noqa: E402
-from smolship.validation.latency import LatencySettings, measure_latency  # noqa: E402
-from smolship.validation.parity import measure_parity  # noqa: E402
-from smolship.validation.validate import ValidationSettings, Validator  # noqa: E402
 
 # name -> (recipe, extra knobs)
 VARIANTS = {
@@ -80,24 +78,7 @@ def main() -> None:
         print(name, rows[name], flush=True)
         gc.collect()
 
-    validator = Validator(source, ValidationSettings(eval_tokens=args.eval_tokens, measure_latency=False))
-    for name, (kind, path) in paths.items():
-        runner = open_runner(kind, path, 2, 2048)
-        v = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
-        runner.close()
-        rows[name].update({k: v[k] for k in ("kld_mean", "top1_agreement", "max_abs_logit_diff", "greedy_match",
-                                              "greedy_tokens", "eval_tokens")})
-        print(name, "kld_mean", round(v["kld_mean"], 5), flush=True)
-
-    for t in args.threads:
-        settings = LatencySettings(prompt_tokens=128, new_tokens=128, runs=3, threads=t)
-        for _ in range(args.repeats):
-            for name, (kind, path) in paths.items():
-                runner = open_runner(kind, path, t, 2048)
-                r = measure_latency(runner, source.config.vocab_size, settings)
-                runner.close()
-                rows[name][f"decode_tok_s@{t}"] = max(rows[name].get(f"decode_tok_s@{t}", 0.0), round(r["decode_tok_s"], 1))
-        print("decode", t, {n: rows[n][f"decode_tok_s@{t}"] for n in rows}, flush=True)
+    measure_programs(paths, source, rows, args.eval_tokens, args.threads, args.repeats)
 
     if args.baseline:
         base = rows["optimum-executorch"]

@@ -50,7 +50,7 @@ class SourceModel:
         except ValueError as e:
             raise SmolshipError(f"The weights of '{self.name}' do not fit a Llama model: {e}.",
                                 "Pass a Llama-architecture checkpoint (LlamaForCausalLM).") from None
-        return model.eval()
+        return model
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -131,7 +131,7 @@ class SharedInputMLP(nn.Module):
 
 
 def swap_modules(model: Llama) -> Llama:
-    """In place: custom-op attention (with its own cache) and XNNPACK-friendly norms."""
+    """In place: custom-op attention (with its own cache), the shared-input MLP and XNNPACK-friendly norms."""
     load_custom_ops()
     for layer in model.layers:
         if not isinstance(layer.self_attn, CustomOpAttention):
