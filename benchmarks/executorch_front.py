@@ -47,8 +47,10 @@ VARIANTS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model spec (default: the real SmolLM2-135M-Instruct)")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--baseline", type=Path, default=None, help="an optimum-executorch model.pte to measure alongside")
+    ap.add_argument("--also", nargs="*", default=[], metavar="NAME=BUNDLE",
+                    help="smolship ExecuTorch bundles exported earlier (e.g. before a change) to measure alongside")
     ap.add_argument("--work", type=Path, default=Path("bench-results/tmp/executorch_front"))
     ap.add_argument("--out", type=Path, default=Path("bench-results/executorch_front.json"))
     ap.add_argument("--eval-tokens", type=int, default=2048)
@@ -63,6 +65,10 @@ def main() -> None:
     if args.baseline:
         paths["optimum-executorch"] = ("optimum", args.baseline)
         rows["optimum-executorch"] = {"size_mb": round(args.baseline.stat().st_size / 1e6, 2)}
+    for spec in args.also:
+        name, _, path = spec.partition("=")
+        paths[name] = ("ours", Path(path))
+        rows[name] = {"size_mb": round((Path(path) / "model.pte").stat().st_size / 1e6, 2), "bundle": path}
     for name in args.variants:
         recipe, extra = VARIANTS[name]
         t0 = time.perf_counter()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -195,6 +197,42 @@ def test_shared_block_means_equal_separate_calls():
     with torch.no_grad():
         for got, m in zip(Q.apply_all(mods, x), mods):
             torch.testing.assert_close(got, m(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scheme", [Q.W8DA4, Q.W8, Q.W8DA8_OFF, None])
+def test_concatenated_linears_compute_the_same_rows(scheme):
+    """q/k/v as one matmul (concat_outputs): each scheme quantizes row by row, so the fused output is
+    the separate outputs side by side; schemes that differ are not fused."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 64)
+    ws = [torch.randn(n, 64) for n in (64, 32, 32)]
+    mods = [Q.quantize_linear(w, scheme) if scheme else torch.nn.Linear(64, w.shape[0], bias=False) for w in ws]
+    fused = Q.concat_outputs(mods)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), torch.cat([m(x) for m in mods], -1), rtol=0, atol=1e-5)
+    assert Q.concat_outputs([mods[0], Q.quantize_linear(ws[1], Q.W8DA8)]) is None
+
+
+@pytest.mark.parametrize("recipe", ["fp32", "8da4w", "int8"])
+def test_export_forward_equals_the_model_it_wraps(tiny_model, recipe):
+    """ExportLlama's swaps (custom-op attention, fused q/k/v with per-head RoPE tables, norms and block
+    means as FCs) compute what the quantized Llama computes."""
+    from smolship.targets.executorch.ops import ExportLlama, qkv_fused
+    from smolship.targets.executorch.target import PLANS
+
+    model = tiny_model.build(CACHE)
+    # the 4-bit embedding returns fp16 rows, which only ExportLlama casts back: keep it float here
+    Q.apply_plan(model, replace(PLANS[recipe], embedding=None))
+    ids = torch.tensor([[int(i) for i in np.random.default_rng(2).integers(3, 40000, size=7)]])
+    with torch.no_grad():
+        want = model(ids, torch.tensor([0]))
+        want_nxt = model(torch.tensor([[11]]), torch.tensor([7]))
+        wrapped = ExportLlama(model)  # swaps the modules in place, with fresh caches
+        assert qkv_fused(wrapped.model)
+        got = wrapped(ids, torch.tensor([0]))
+        nxt = wrapped(torch.tensor([[11]]), torch.tensor([7]))  # decode step through the custom-op cache
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(nxt, want_nxt, rtol=0, atol=1e-4)
 
 
 def test_matmul_left_outside_xnnpack_fails_the_export():

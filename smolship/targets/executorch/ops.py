@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from smolship.exporter.model import MLP, Attention, Llama, RMSNorm
-from smolship.targets.executorch.quantize import apply_all
+from smolship.targets.executorch.quantize import apply_all, block_mean_row, concat_outputs
 
 
 def load_custom_ops() -> None:
@@ -44,15 +44,16 @@ def load_custom_ops() -> None:
 
 
 class XnnpackRMSNorm(nn.Module):
-    """RMSNorm whose mean XNNPACK lowers (4-D mean over dims 2 and 3, keepdim)."""
+    """RMSNorm whose row mean is an fp32 matmul with a ``[1, d]`` row of ``1/d`` (one XNNPACK FC;
+    XNNPACK takes no last-dim ``mean``, and a 4-D one costs two layout transposes)."""
 
     def __init__(self, norm: RMSNorm):
         super().__init__()
         self.eps, self.weight = norm.eps, norm.weight
+        self.register_buffer("mean_row", block_mean_row(norm.weight.shape[0]), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, _, d = x.shape  # -1 for the token dim: XNNPACK reshapes take one inferred dim, no symbols
-        ms = (x * x).reshape(-1, 1, 1, d).mean(dim=(2, 3), keepdim=True).reshape(b, -1, 1)  # (B, T, 1)
+        ms = torch.nn.functional.linear(x * x, self.mean_row)  # (B, T, 1)
         return self.weight * (x * torch.rsqrt(ms + self.eps))
 
 
@@ -101,21 +102,34 @@ class CustomOpAttention(Attention):
         nn.Module.__init__(new)
         new.n_heads, new.n_kv_heads, new.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
         new.q_proj, new.k_proj, new.v_proj, new.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        new.qkv_proj = None
         new.kv_cache = SeqMajorKVCache(attn.n_kv_heads, max_seq_len, attn.head_dim)
         new.rotate_half = RotateHalf(attn.head_dim)
         return new
 
+    def fuse_qkv(self, qkv: nn.Module) -> None:
+        """Use `qkv` (quantize.concat_outputs of q/k/v) from now on; RoPE then wants tables that are
+        the identity on the v heads (`ExportLlama` builds them)."""
+        self.qkv_proj = qkv
+        del self.q_proj, self.k_proj, self.v_proj
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, start_pos, past_k=None, past_v=None):
         b = x.shape[0]  # token dim as -1 in every reshape: XNNPACK takes one inferred dim, no symbols
-        q, k, v = apply_all((self.q_proj, self.k_proj, self.v_proj), x)
-        q = q.view(b, -1, self.n_heads, self.head_dim)  # (B, T, nh, hd)
-        k = k.view(b, -1, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
-        v = v.view(b, -1, self.n_kv_heads, self.head_dim)
-        q = q * cos + self.rotate_half(q) * sin  # cos/sin (T, 1, hd) broadcast over heads
-        k = k * cos + self.rotate_half(k) * sin
+        nh, nkv = self.n_heads, self.n_kv_heads
+        if self.qkv_proj is not None:  # one matmul; RoPE on all heads at once (cos 1, sin 0 on v heads)
+            y = self.qkv_proj(x).view(b, -1, nh + 2 * nkv, self.head_dim)
+            y = y * cos + self.rotate_half(y) * sin
+            q, k, v = y[:, :, :nh], y[:, :, nh:nh + nkv], y[:, :, nh + nkv:]
+        else:
+            q, k, v = apply_all((self.q_proj, self.k_proj, self.v_proj), x)
+            q = q.view(b, -1, nh, self.head_dim)  # (B, T, nh, hd)
+            k = k.view(b, -1, nkv, self.head_dim)  # (B, T, nkv, hd)
+            v = v.view(b, -1, nkv, self.head_dim)
+            q = q * cos + self.rotate_half(q) * sin  # cos/sin (T, 1, hd) broadcast over heads
+            k = k * cos + self.rotate_half(k) * sin
         k_cache, v_cache = self.kv_cache.update(start_pos, k, v)  # (B, max_seq, nkv, hd)
         y = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start_pos, None, 0.0, True)  # (B, T, nh, hd)
-        return self.o_proj(y.reshape(b, -1, self.n_heads * self.head_dim)), None
+        return self.o_proj(y.reshape(b, -1, nh * self.head_dim)), None
 
 
 class SharedInputMLP(nn.Module):
@@ -131,7 +145,8 @@ class SharedInputMLP(nn.Module):
 
 
 def swap_modules(model: Llama) -> Llama:
-    """In place: custom-op attention (with its own cache), the shared-input MLP and XNNPACK-friendly norms."""
+    """In place: custom-op attention (with its own cache, q/k/v as one matmul where every layer's
+    three share a scheme), the shared-input MLP and XNNPACK-friendly norms."""
     load_custom_ops()
     for layer in model.layers:
         if not isinstance(layer.self_attn, CustomOpAttention):
@@ -144,7 +159,17 @@ def swap_modules(model: Llama) -> Llama:
                 setattr(layer, name, XnnpackRMSNorm(norm))
     if isinstance(model.norm, RMSNorm):
         model.norm = XnnpackRMSNorm(model.norm)
+    attns = [layer.self_attn for layer in model.layers]
+    if all(a.qkv_proj is None for a in attns):  # all layers or none: they share the RoPE tables
+        fused = [concat_outputs((a.q_proj, a.k_proj, a.v_proj)) for a in attns]
+        if all(f is not None for f in fused):
+            for a, f in zip(attns, fused):
+                a.fuse_qkv(f)
     return model
+
+
+def qkv_fused(model: Llama) -> bool:
+    return isinstance(model.layers[0].self_attn, CustomOpAttention) and model.layers[0].self_attn.qkv_proj is not None
 
 
 class ExportLlama(nn.Module):
@@ -171,6 +196,12 @@ class ExportLlama(nn.Module):
         del model.rope_cos, model.rope_sin
         model.register_buffer("rope_cos_half", cos_half, persistent=False)
         model.register_buffer("rope_sin_half", sin_half, persistent=False)
+        self.fused_qkv = qkv_fused(model)
+        if self.fused_qkv:  # (heads, 1): 1 on the q and k heads of the fused q/k/v output, 0 on v; and 1 - that
+            cfg = model.cfg
+            qk = (torch.arange(cfg.num_heads + 2 * cfg.num_kv_heads) < cfg.num_heads + cfg.num_kv_heads).float()
+            self.register_buffer("rope_qk_heads", qk.unsqueeze(1), persistent=False)
+            self.register_buffer("rope_v_heads", 1.0 - qk.unsqueeze(1), persistent=False)
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         m = self.model
@@ -181,6 +212,8 @@ class ExportLlama(nn.Module):
         cos = m.rope_cos_half.narrow(0, start, t)  # (T, hd/2)
         sin = m.rope_sin_half.narrow(0, start, t)
         cos, sin = torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)  # (T, 1, hd)
+        if self.fused_qkv:  # (T, nh + 2 nkv, hd): cos 1 and sin 0 (exactly) on the v heads
+            cos, sin = cos * self.rope_qk_heads + self.rope_v_heads, sin * self.rope_qk_heads
         x = m.embed_tokens(tokens).float()  # a 4-bit embedding returns fp16 rows (see quantize.py)
         for layer in m.layers:
             x, _ = layer(x, cos, sin, None, start)

@@ -42,6 +42,13 @@ class LinearScheme:
     block_offsets: bool = False  # asymmetric int4 through `BlockOffsetLinear`
     scale_search: bool = True  # MSE-optimal clipping per group / channel
     gptq: bool = False  # per-channel int8 rounded by GPTQ when calibration Hessians are at hand
+    offset_block: int = 32  # block of the offsets when the main grid is per channel (group_size 0)
+    residual: bool = False  # a second int8 plane for what the first rounds away (`ResidualLinear`)
+
+    @property
+    def block(self) -> int:
+        """Input block that shares one offset (`BlockOffsetLinear`)."""
+        return self.group_size or self.offset_block
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,15 @@ W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False, scale_s
 # asymmetric grid (the default model's Q4_1 blocks) lose their offsets; a knob for `rules`.
 W8DA4_SYM = replace(W8DA4, name="8da4w-sym", block_offsets=False)
 W8_RTN = replace(W8, name="w8-rtn", gptq=False)  # no calibration pass: round to nearest
-SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8, W8_RTN)}
+# Per-channel int8 of the weights minus their block means (+ the means through a side linear): one
+# scale per row has to span only each block's spread, not the offsets between blocks.
+W8DA8_OFF = replace(W8DA8, name="8da8w-off", block_offsets=True)
+W8_OFF = replace(W8, name="w8-off", block_offsets=True)
+# Two weight-only int8 planes (w ~= s1*q1 + s2*q2, ~15 bits per channel) for the tied lm_head: one
+# scale per row cannot hold the per-block scales of a Q8_0 source matrix, and the head's rounding
+# was ~0.001 of the 8-bit recipes' kld_mean (eager, 2,048 tokens: int8 0.0039 -> 0.0030 with a float head).
+W8X2 = replace(W8, name="w8x2", residual=True)
+SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8, W8_RTN, W8DA8_OFF, W8_OFF, W8X2)}
 # Groups of 32 hold a Q8_0 source embedding exactly (one scale per row cannot); +3.5 MB of scales.
 EMB8 = EmbeddingScheme(bits=8, group_size=32, asymmetric=False)
 # Group 64 (not 32): the fp16 scales and zero points of a 49k x 576 table are 3.5 MB at 32, and the
@@ -188,23 +203,75 @@ def _quantized_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = 
 class BlockOffsetLinear(nn.Module):
     """``y = x @ (s*(q-8))^T + mean_blocks(x) @ (g*c)^T``: asymmetric int4 on symmetric kernels.
 
-    The block means are a 4-D ``mean`` over the two inner dims, which XNNPACK lowers to global
-    average pooling (no weights to read); the offset linear is weight-only int8 (f32-qc8w), so it
-    adds no activation-quantization error of its own.
+    The block means are an fp32 matmul of the input, viewed as ``(.., n_blocks, g)``, with a
+    ``[1, g]`` row of ``1/g`` (exact: g is a power of two): one small XNNPACK FC, where a 4-D
+    ``mean`` (global average pooling) costs two layout transposes around it. The offset linear is
+    weight-only int8 (f32-qc8w), so it adds no activation-quantization error of its own.
     """
 
     def __init__(self, main: nn.Linear, offsets: nn.Linear, group_size: int):
         super().__init__()
         self.main, self.offsets, self.group_size = main, offsets, group_size
+        self.register_buffer("pool", block_mean_row(group_size), persistent=False)
 
     def block_means(self, x: Tensor) -> Tensor:
         b, _, n = x.shape  # token dim as -1: XNNPACK reshapes take one inferred dim, no symbols
         nb = n // self.group_size
-        means = x.reshape(-1, nb, 1, self.group_size).mean(dim=(2, 3), keepdim=True)  # (B*T, nb, 1, 1)
-        return means.reshape(b, -1, nb)
+        return nn.functional.linear(x.reshape(b, -1, nb, self.group_size), self.pool).reshape(b, -1, nb)
 
     def forward(self, x: Tensor, means: Tensor | None = None) -> Tensor:
         return self.main(x) + self.offsets(self.block_means(x) if means is None else means)
+
+
+_MEAN_ROWS: dict[int, Tensor] = {}
+
+
+def block_mean_row(n: int) -> Tensor:
+    """``[1, n]`` of ``1/n``, one tensor per n (the program stores each constant once)."""
+    if n not in _MEAN_ROWS:
+        _MEAN_ROWS[n] = torch.full((1, n), 1.0 / n)
+    return _MEAN_ROWS[n]
+
+
+def _concat_linear(linears: list[nn.Linear]) -> nn.Linear | None:
+    """One linear whose output rows are the given linears' rows in order (same input, same kind of
+    weight), or None. Every scheme here quantizes row by row, so the result computes the same values."""
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import IntxUnpackedToInt8Tensor
+
+    if any(type(m) is not nn.Linear or m.bias is not None for m in linears):
+        return None
+    ws = [m.weight for m in linears]
+    if len({w.shape[1] for w in ws}) != 1:
+        return None
+    if all(isinstance(w, IntxUnpackedToInt8Tensor) for w in ws):
+        kinds = {(w.target_dtype, tuple(w.block_size), w.dtype, w.activation_quantization,
+                  w.scale.dtype, w.zero_point.dtype) for w in ws}
+        if len(kinds) != 1:
+            return None
+        w0 = ws[0]
+        weight = IntxUnpackedToInt8Tensor(torch.cat([w.qdata for w in ws]), torch.cat([w.scale for w in ws]),
+                                          torch.cat([w.zero_point for w in ws]), w0.target_dtype,
+                                          w0.block_size, w0.dtype, w0.activation_quantization)
+    elif any(isinstance(w, IntxUnpackedToInt8Tensor) for w in ws) or len({w.dtype for w in ws}) != 1:
+        return None
+    else:
+        weight = torch.cat([w.detach() for w in ws])
+    lin = _empty_linear(ws[0].shape[1], sum(w.shape[0] for w in ws))
+    lin.weight = nn.Parameter(weight, requires_grad=False)
+    return lin
+
+
+def concat_outputs(modules) -> nn.Module | None:
+    """One module computing ``cat([m(x) for m in modules], -1)`` as one matmul (plus one offset
+    matmul for `BlockOffsetLinear`s), or None when their schemes differ. q/k/v as one call saves
+    XNNPACK two GEMMs, two offset FCs and two activation quantizations per layer."""
+    if all(isinstance(m, BlockOffsetLinear) for m in modules):
+        if len({m.group_size for m in modules}) != 1:
+            return None
+        main = _concat_linear([m.main for m in modules])
+        offsets = _concat_linear([m.offsets for m in modules])
+        return None if main is None or offsets is None else BlockOffsetLinear(main, offsets, modules[0].group_size)
+    return _concat_linear(list(modules))
 
 
 def apply_all(linears, x: Tensor) -> list[Tensor]:
@@ -222,11 +289,15 @@ def apply_all(linears, x: Tensor) -> list[Tensor]:
     return out
 
 
-def _block_offset_linear(w: Tensor, scheme: LinearScheme) -> BlockOffsetLinear:
-    g = scheme.group_size
-    q, s, c = asymmetric_int4_as_symmetric(w, g)
+def _block_offset_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> BlockOffsetLinear:
+    g = scheme.block
     main = _empty_linear(w.shape[1], w.shape[0])
-    main.weight = nn.Parameter(intx_weight(q, s, 4, g, scheme.dynamic_activations), requires_grad=False)
+    if scheme.bits == 4:
+        q, s, c = asymmetric_int4_as_symmetric(w, g)
+        main.weight = nn.Parameter(intx_weight(q, s, 4, g, scheme.dynamic_activations), requires_grad=False)
+    else:  # per-channel grid over the residual of the block means
+        c = w.reshape(w.shape[0], -1, g).mean(-1)  # (out, nb)
+        main.weight = _quantized_linear(w - c.repeat_interleave(g, dim=1), scheme, hessian).weight
     off_w = c * g  # (out, nb): applied to block means
     qo, so = symmetric_grid(off_w, 8, 0, search=False, bf16_scales=False)
     offsets = _empty_linear(off_w.shape[1], off_w.shape[0])
@@ -234,11 +305,30 @@ def _block_offset_linear(w: Tensor, scheme: LinearScheme) -> BlockOffsetLinear:
     return BlockOffsetLinear(main, offsets, g)
 
 
+class ResidualLinear(nn.Module):
+    """``main(x) + residual(x)``: the residual linear holds what `main`'s int8 rounding lost."""
+
+    def __init__(self, main: nn.Linear, residual: nn.Linear):
+        super().__init__()
+        self.main, self.residual = main, residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.main(x) + self.residual(x)
+
+
+def dequantized(lin: nn.Linear) -> Tensor:
+    w = lin.weight
+    return w.dequantize().float() if hasattr(w, "qdata") else w.detach().float()
+
+
 def quantize_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> nn.Module:
     w = w.detach().float()
     if scheme.block_offsets:
-        return _block_offset_linear(w, scheme)
-    return _quantized_linear(w, scheme, hessian)
+        return _block_offset_linear(w, scheme, hessian)
+    main = _quantized_linear(w, scheme, hessian)
+    if not scheme.residual:
+        return main
+    return ResidualLinear(main, _quantized_linear(w - dequantized(main), replace(scheme, gptq=False, residual=False)))
 
 
 def quantize_embedding(emb: nn.Embedding, scheme: EmbeddingScheme) -> None:
