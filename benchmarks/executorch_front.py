@@ -34,6 +34,8 @@ VARIANTS = {
     "default": ("8da4w", {}),
     "head-w8-rtn": ("8da4w", {"lm_head": "w8-rtn"}),
     "head-8da8w": ("8da4w", {"lm_head": "8da8w"}),
+    "head-8da8w-rtn": ("8da4w", {"lm_head": "8da8w-rtn"}),
+    "head-w8": ("8da4w", {"lm_head": "w8"}),
     "head-8da4w": ("8da4w", {"lm_head": "8da4w"}),
     "sym-layers": ("8da4w", {"rules": [[r"layers\..*", "8da4w-sym"]]}),
     "sym-qk": ("8da4w", {"rules": [[r"layers\..*\.(q_proj|k_proj)", "8da4w-sym"]]}),

@@ -291,10 +291,11 @@ def test_real_135m_default_4bit_recipe(default_model, default_validator, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, max_kld", [("int8", 0.0045), ("8da8w", 0.006)])
-def test_real_135m_8bit_recipes(default_model, default_validator, tmp_path, target, recipe, max_kld):
-    """Regression guards on 1,024 eval tokens; on 4,096 tokens int8 measures 0.0037 and 8da8w 0.0048
-    (per-channel int8 cannot hold the default model's Q4_1 blocks: see PLANS in target.py)."""
+@pytest.mark.parametrize("recipe", ["int8", "8da8w"])
+def test_real_135m_8bit_recipes(default_model, default_validator, tmp_path, target, recipe):
+    """The issue's bound, kld_mean <= 0.004; on 2,048 tokens int8 measures 0.0030 and 8da8w 0.0034
+    (block-mean offsets and the two-plane lm_head: see PLANS in target.py)."""
+    max_kld = 0.004
     path, manifest = export_bundle(default_model, "executorch", target.recipes[recipe], tmp_path,
                                    ExportOptions(max_seq_len=512), validator=default_validator)
     v = manifest["validation"]

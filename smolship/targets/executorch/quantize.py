@@ -66,6 +66,7 @@ W8 = LinearScheme("w8", bits=8, group_size=0, dynamic_activations=False, scale_s
 # asymmetric grid (the default model's Q4_1 blocks) lose their offsets; a knob for `rules`.
 W8DA4_SYM = replace(W8DA4, name="8da4w-sym", block_offsets=False)
 W8_RTN = replace(W8, name="w8-rtn", gptq=False)  # no calibration pass: round to nearest
+W8DA8_RTN = replace(W8DA8, name="8da8w-rtn", gptq=False)
 # Per-channel int8 of the weights minus their block means (+ the means through a side linear): one
 # scale per row has to span only each block's spread, not the offsets between blocks.
 W8DA8_OFF = replace(W8DA8, name="8da8w-off", block_offsets=True)
@@ -74,7 +75,7 @@ W8_OFF = replace(W8, name="w8-off", block_offsets=True)
 # scale per row cannot hold the per-block scales of a Q8_0 source matrix, and the head's rounding
 # was ~0.001 of the 8-bit recipes' kld_mean (eager, 2,048 tokens: int8 0.0039 -> 0.0030 with a float head).
 W8X2 = replace(W8, name="w8x2", residual=True)
-SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8, W8_RTN, W8DA8_OFF, W8_OFF, W8X2)}
+SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8DA8_RTN, W8, W8_RTN, W8DA8_OFF, W8_OFF, W8X2)}
 # Groups of 32 hold a Q8_0 source embedding exactly (one scale per row cannot); +3.5 MB of scales.
 EMB8 = EmbeddingScheme(bits=8, group_size=32, asymmetric=False)
 # Group 64 (not 32): the fp16 scales and zero points of a 49k x 576 table are 3.5 MB at 32, and the
