@@ -205,7 +205,7 @@ class BlockOffsetLinear(nn.Module):
     """``y = x @ (s*(q-8))^T + mean_blocks(x) @ (g*c)^T``: asymmetric int4 on symmetric kernels.
 
     The block means are an fp32 matmul of the input, viewed as ``(.., n_blocks, g)``, with a
-    ``[1, g]`` row of ``1/g`` (exact: g is a power of two): one small XNNPACK FC, where a 4-D
+    ``[1, g]`` row of ``1/g`` (exact when g is a power of two): one small XNNPACK FC, where a 4-D
     ``mean`` (global average pooling) costs two layout transposes around it. The offset linear is
     weight-only int8 (f32-qc8w), so it adds no activation-quantization error of its own.
     """
