@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-
 from dataclasses import replace
 
 import numpy as np

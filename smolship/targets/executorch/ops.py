@@ -13,16 +13,17 @@ custom ops for exactly this (executorch/extension/llm/custom_ops, used by its ow
 
 Both want the sequence in dim 1, so the cache here is ``[1, max_seq, n_kv, hd]``.
 
-Two more swaps keep each decoder layer inside as few XNNPACK partitions as possible (every
-portable op between delegated ops splits a partition; 330 partitions made lowering take minutes):
+More swaps keep each decoder layer inside as few XNNPACK partitions and operators as possible
+(every portable op between delegated ops splits a partition; 330 partitions made lowering take minutes):
 
-* `XnnpackRMSNorm`: the row mean as a 4-D ``mean`` over the two inner dims (XNNPACK's global
-  average pooling) instead of a last-dim ``mean`` that XNNPACK does not take;
+* `XnnpackRMSNorm`: the row mean as an fp32 matmul with a ``[1, d]`` row of ``1/d`` (XNNPACK takes
+  no last-dim ``mean``; a 4-D one brings two layout transposes);
 * RoPE's rotate-half as a fixed 0/±1 matrix (`RotateHalf`), so ``slice``/``neg``/``cat`` become one
   exact fp32 linear;
-* `SharedInputMLP` and the attention's projections go through `quantize.apply_all`, so the
-  linears that read one input (q/k/v, gate/up) share one block-mean computation for their
-  asymmetric-int4 offsets.
+* q/k/v as one matmul (`quantize.concat_outputs`) with RoPE on all heads at once, its tables the
+  identity on the v heads; the split happens outside the delegate, beside the custom ops;
+* `SharedInputMLP` goes through `quantize.apply_all`, so gate and up share one block-mean
+  computation for their asymmetric-int4 offsets.
 
 Nothing in model.py changes: `swap_modules` replaces submodules (same weights, same parameter
 names), and `ExportLlama` is the top-level forward that turns ``input_pos`` into one symbolic
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from smolship.exporter.model import MLP, Attention, Llama, RMSNorm
-from smolship.targets.executorch.quantize import apply_all, block_mean_row, concat_outputs
+from smolship.targets.executorch.quantize import apply_all, concat_outputs, mean_row
 
 
 def load_custom_ops() -> None:
@@ -50,7 +51,7 @@ class XnnpackRMSNorm(nn.Module):
     def __init__(self, norm: RMSNorm):
         super().__init__()
         self.eps, self.weight = norm.eps, norm.weight
-        self.register_buffer("mean_row", block_mean_row(norm.weight.shape[0]), persistent=False)
+        self.register_buffer("mean_row", mean_row(norm.weight.shape[0]), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         ms = torch.nn.functional.linear(x * x, self.mean_row)  # (B, T, 1)

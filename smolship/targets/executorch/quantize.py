@@ -213,7 +213,7 @@ class BlockOffsetLinear(nn.Module):
     def __init__(self, main: nn.Linear, offsets: nn.Linear, group_size: int):
         super().__init__()
         self.main, self.offsets, self.group_size = main, offsets, group_size
-        self.register_buffer("pool", block_mean_row(group_size), persistent=False)
+        self.register_buffer("pool", mean_row(group_size), persistent=False)
 
     def block_means(self, x: Tensor) -> Tensor:
         b, _, n = x.shape  # token dim as -1: XNNPACK reshapes take one inferred dim, no symbols
@@ -224,14 +224,9 @@ class BlockOffsetLinear(nn.Module):
         return self.main(x) + self.offsets(self.block_means(x) if means is None else means)
 
 
-_MEAN_ROWS: dict[int, Tensor] = {}
-
-
-def block_mean_row(n: int) -> Tensor:
-    """``[1, n]`` of ``1/n``, one tensor per n (the program stores each constant once)."""
-    if n not in _MEAN_ROWS:
-        _MEAN_ROWS[n] = torch.full((1, n), 1.0 / n)
-    return _MEAN_ROWS[n]
+def mean_row(n: int) -> Tensor:
+    """``[1, n]`` of ``1/n``: the weight of a mean as a matmul (XNNPACK stores equal constants once)."""
+    return torch.full((1, n), 1.0 / n)
 
 
 def _concat_linear(linears: list[nn.Linear]) -> nn.Linear | None:
@@ -277,7 +272,7 @@ def concat_outputs(modules) -> nn.Module | None:
 
 def apply_all(linears, x: Tensor) -> list[Tensor]:
     """``[m(x) for m in linears]``, with one block-mean computation shared by the `BlockOffsetLinear`s
-    of equal group size (q/k/v and gate/up read the same input: 3 of 7 kernel calls per layer saved)."""
+    of equal group size (gate/up, and q/k/v where `concat_outputs` could not fuse them, read one input)."""
     means: dict[int, Tensor] = {}
     out = []
     for m in linears:
@@ -317,11 +312,6 @@ class ResidualLinear(nn.Module):
         return self.main(x) + self.residual(x)
 
 
-def dequantized(lin: nn.Linear) -> Tensor:
-    w = lin.weight
-    return w.dequantize().float() if hasattr(w, "qdata") else w.detach().float()
-
-
 def quantize_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> nn.Module:
     w = w.detach().float()
     if scheme.block_offsets:
@@ -329,7 +319,8 @@ def quantize_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = No
     main = _quantized_linear(w, scheme, hessian)
     if not scheme.residual:
         return main
-    return ResidualLinear(main, _quantized_linear(w - dequantized(main), replace(scheme, gptq=False, residual=False)))
+    lost = w - main.weight.dequantize().float()
+    return ResidualLinear(main, _quantized_linear(lost, replace(scheme, gptq=False, residual=False)))
 
 
 def quantize_embedding(emb: nn.Embedding, scheme: EmbeddingScheme) -> None:
