@@ -2,7 +2,10 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.smolship-installed
-export CMAKE_BUILD_PARALLEL_LEVEL ?= 2   # llama-cpp-python compiles llama.cpp (~11 min on 2 cores)
+# llama-cpp-python compiles llama.cpp (~11 min on 2 cores). No comment on the assignment line:
+# Make keeps the spaces before a trailing comment in the value, and cmake refuses '2   '.
+CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export CMAKE_BUILD_PARALLEL_LEVEL := $(strip $(CMAKE_BUILD_PARALLEL_LEVEL))
 
 .PHONY: setup demo test test-fast clean
 
