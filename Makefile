@@ -1,34 +1,47 @@
-# Fresh machine: `make demo` or `make test` create .venv and install the pinned dependencies first.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.smolship-installed
-# llama-cpp-python compiles llama.cpp (~11 min on 2 cores). No comment on the assignment line:
-# Make keeps the spaces before a trailing comment in the value, and cmake refuses '2   '.
-CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# Fresh machine: `make demo` or `make test` check the machine, create .venv and install the pinned
+# dependencies first (pip compiles llama.cpp for llama-cpp-python: ~11 min on 2 cores).
+VENV    ?= .venv
+PYTHON  ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null || echo python3)
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.smolship-installed
+OUT     ?= out
+# No comment on the assignment line: Make keeps the spaces before a trailing comment in the value,
+# and cmake refused CMAKE_BUILD_PARALLEL_LEVEL='2   ' (the first-command failure of issue 13).
+CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
 export CMAKE_BUILD_PARALLEL_LEVEL := $(strip $(CMAKE_BUILD_PARALLEL_LEVEL))
+# Per-test limit (seconds): the slowest real-model test, with its session export, takes ~4 min here.
+TEST_TIMEOUT ?= 1200
+PIP     := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast check-machine clean
+
+check-machine:
+	@$(PYTHON) scripts/check_machine.py setup $(PYTHON)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
-	# torch first, pinned: the CPU build of 2.13.0 (executorch 1.5.1 links against exactly this libtorch)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[all]'
+	@test -x $(PY) || $(PYTHON) scripts/check_machine.py setup $(PYTHON)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "smolship setup: installing into $(VENV) (llama.cpp compiles: ~11 min on 2 cores, log in $(VENV)/setup.log)"
+	$(PIP) install -q -U pip > $(VENV)/setup.log 2>&1 || { tail -30 $(VENV)/setup.log; exit 1; }
+	@# torch first, pinned: the CPU build of 2.13.0 (executorch 1.5.1 links against exactly this libtorch)
+	$(PIP) install torch==2.13.0 >> $(VENV)/setup.log 2>&1 || { tail -30 $(VENV)/setup.log; exit 1; }
+	$(PIP) install -e '.[all]' >> $(VENV)/setup.log 2>&1 || { tail -40 $(VENV)/setup.log; echo "setup failed: full log in $(VENV)/setup.log"; exit 1; }
+	@if [ -x examples/setup-js.sh ]; then examples/setup-js.sh >> $(VENV)/setup.log 2>&1 || { tail -30 $(VENV)/setup.log; echo "JS setup failed: full log in $(VENV)/setup.log"; exit 1; }; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: setup
+	@$(PY) scripts/check_machine.py demo
 	$(VENV)/bin/smolship inspect
 	$(VENV)/bin/smolship chat --prompt "What is the capital of France?"
-	$(VENV)/bin/smolship export --out out --force
+	$(VENV)/bin/smolship export --out $(OUT) --force
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30 --timeout=$(TEST_TIMEOUT)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=15 --timeout=$(TEST_TIMEOUT)
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf $(OUT) .pytest_cache

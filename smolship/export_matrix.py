@@ -38,6 +38,7 @@ class TargetOutcome:
     tried: list[dict] = field(default_factory=list)  # parity-budget log
     error: str | None = None
     fix: str | None = None
+    log: str | None = None  # the libraries' output for this target (OUT/export-<target>.log)
 
 
 def budget_order(target) -> list[str]:
@@ -47,44 +48,68 @@ def budget_order(target) -> list[str]:
 
 
 def run_target_job(job: TargetJob) -> TargetOutcome:
-    """Runs in a worker process: export (and validate) every recipe of one target."""
+    """Runs in a worker process: export (and validate) every recipe of one target.
+
+    Library output (converters' progress bars, C++ runtime logs, warnings) goes to OUT/export-<target>.log;
+    the terminal gets one progress display per bundle and one summary line when it is done.
+    """
+    import time
+
+    from rich.console import Console
+
     from smolship.cli.common import progress_bar
     from smolship.export import export_bundle
     from smolship.exporter.sources import load_model
+    from smolship.logs import library_output_to, quiet_library_logs
     from smolship.targets import get_target
-    from smolship.logs import quiet_library_logs
     from smolship.validation.validate import Validator
 
     quiet_library_logs()  # a spawned process: the parent's logging setup does not carry over
     outcome = TargetOutcome(job.target)
-    try:
-        target = get_target(job.target)
-        source = load_model(job.model)
-        validator = Validator(source, job.settings) if job.settings is not None else None
-        recipes = budget_order(target) if job.max_kld is not None else job.recipes
-        for name in recipes:
-            with progress_bar(job.show_progress) as progress:
-                path, manifest = export_bundle(source, job.target, target.recipes[name], job.out, job.options,
-                                               validator, job.force, progress)
-            if job.max_kld is None:
-                outcome.bundles.append(str(path))
-                continue
-            kld = (manifest.get("validation") or {}).get("kld_mean")
-            fits = kld is not None and kld <= job.max_kld
-            outcome.tried.append({"recipe": name, "size_mb": manifest["size_mb"], "kld_mean": kld, "fits": fits})
-            if fits:
-                outcome.bundles.append(str(path))
-                break
-            shutil.rmtree(path)  # over budget: do not leave it looking like a result
-        if job.max_kld is not None and not outcome.bundles:
-            raise SmolshipError(f"No {job.target} recipe reaches kld_mean ≤ {job.max_kld} on this model.",
-                                "Raise --max-kld, or see the tried recipes above for what each reached.")
-    except SmolshipError as e:
-        outcome.error, outcome.fix = e.problem, e.fix
-    except Exception as e:  # report, do not lose the other targets
-        outcome.error = f"{type(e).__name__}: {e}"
-        outcome.fix = "Run this target alone with SMOLSHIP_DEBUG=1 to see the traceback:\n" + traceback.format_exc(limit=3)
+    Path(job.out).mkdir(parents=True, exist_ok=True)
+    outcome.log = str(Path(job.out) / f"export-{job.target}.log")
+    with library_output_to(Path(outcome.log)) as terminal:
+        screen = Console(file=terminal, highlight=False)
+        try:
+            target = get_target(job.target)
+            source = load_model(job.model)
+            validator = Validator(source, job.settings) if job.settings is not None else None
+            recipes = budget_order(target) if job.max_kld is not None else job.recipes
+            for name in recipes:
+                t0 = time.perf_counter()
+                with progress_bar(job.show_progress, on=screen, label=f"{job.target}-{name}") as progress:
+                    path, manifest = export_bundle(source, job.target, target.recipes[name], job.out, job.options,
+                                                   validator, job.force, progress)
+                if job.show_progress:
+                    screen.print(bundle_done_line(path, manifest, time.perf_counter() - t0))
+                if job.max_kld is None:
+                    outcome.bundles.append(str(path))
+                    continue
+                kld = (manifest.get("validation") or {}).get("kld_mean")
+                fits = kld is not None and kld <= job.max_kld
+                outcome.tried.append({"recipe": name, "size_mb": manifest["size_mb"], "kld_mean": kld, "fits": fits})
+                if fits:
+                    outcome.bundles.append(str(path))
+                    break
+                shutil.rmtree(path)  # over budget: do not leave it looking like a result
+            if job.max_kld is not None and not outcome.bundles:
+                raise SmolshipError(f"No {job.target} recipe reaches kld_mean ≤ {job.max_kld} on this model.",
+                                    "Raise --max-kld, or see the tried recipes above for what each reached.")
+        except SmolshipError as e:
+            outcome.error, outcome.fix = e.problem, e.fix
+        except Exception as e:  # report, do not lose the other targets
+            traceback.print_exc()  # into the log
+            outcome.error = f"{type(e).__name__}: {e}"
+            outcome.fix = f"The traceback and the libraries' output are in {outcome.log}."
     return outcome
+
+
+def bundle_done_line(path: Path, manifest: dict, seconds: float) -> str:
+    """One line per finished bundle: what a person scanning `make demo` needs."""
+    v = manifest.get("validation") or {}
+    kld = v.get("kld_mean")
+    parity = f"kld_mean {kld:.4f}  top-1 {v.get('top1_agreement', 0):.3f}" if kld is not None else "not validated"
+    return f"[green]done[/] [bold]{Path(path).name:<18}[/] {manifest.get('size_mb', 0):>7.1f} MB  {parity}  ({seconds:.0f} s)"
 
 
 def run_jobs(jobs: list[TargetJob], parallel: int = 1) -> list[TargetOutcome]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from pathlib import Path
+from typing import Iterator, TextIO
 
 # torchao logs "Failed to load ..._C_cutlass_90a.so" for its optional CUDA kernels on every CPU-only
 # import, and torch warns about torchao's Enum pytree registration: neither concerns a CPU export.
@@ -22,3 +26,34 @@ def quiet_library_logs() -> None:
     # and its version notices about scikit-learn (unused here) and untested torch (the tests cover ours)
     logging.getLogger("coremltools").addFilter(
         lambda record: not str(record.msg).startswith(COREMLTOOLS_NOTICES))
+
+
+@contextlib.contextmanager
+def library_output_to(log_path: Path) -> Iterator[TextIO]:
+    """Send everything written to file descriptors 1 and 2 to `log_path`; yield a stream on the terminal.
+
+    Converters write progress bars (coremltools' MIL passes, tqdm) and C++ runtimes write straight to
+    the file descriptors, so redirecting sys.stdout is not enough: the descriptors themselves point at
+    the log while the export runs, and smolship's own display writes to the stream yielded here.
+    With SMOLSHIP_DEBUG set, nothing is redirected (the yielded stream is stderr).
+    """
+    if os.environ.get("SMOLSHIP_DEBUG", "") not in ("", "0"):
+        yield sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_err), "w", buffering=1)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err, log_fd):
+            os.close(fd)
+        terminal.close()

@@ -22,6 +22,8 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on std
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the runtimes (default: all cores).")
 EvalFileOpt = typer.Option(None, "--eval-file", help="Your own eval text (blank-line separated) or .jsonl.")
 EvalTokensOpt = typer.Option(4096, "--eval-tokens", help="Eval tokens for parity (0 = the whole eval set, ~10k tokens).")
+VerifyOpt = typer.Option(True, "--verify/--no-verify",
+                         help="Check every bundle file's sha256 against manifest.json before loading it (on by default).")
 
 
 def fail(problem: str, fix: str) -> None:
@@ -37,15 +39,21 @@ def print_json(obj) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator:
-    """Yield progress(desc, fraction) for long steps; silent for --json or non-terminals."""
-    if not enabled or not console.is_terminal:
+def progress_bar(enabled: bool = True, on: Console | None = None, label: str = "") -> Iterator:
+    """Yield progress(desc, fraction) for long steps; silent for --json or non-terminals.
+
+    `on` is the console to draw on (an export draws on the real terminal while library output goes
+    to its log); `label` names the bundle, so each bundle has one display line.
+    """
+    on = on or console
+    if not enabled or not on.is_terminal:
         yield lambda desc, frac: None
         return
+    prefix = f"[bold]{label}[/] " if label else ""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=1.0)
-        yield lambda desc, frac: bar.update(task, description=desc[:60], completed=max(0.0, min(1.0, frac)))
+                  TimeElapsedColumn(), console=on, transient=True) as bar:
+        task = bar.add_task(prefix + "starting", total=1.0)
+        yield lambda desc, frac: bar.update(task, description=prefix + desc[:50], completed=max(0.0, min(1.0, frac)))
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -71,3 +79,13 @@ def table(title: str, columns: list[str], rows: list[list]) -> Table:
 
 def debug_enabled() -> bool:
     return os.environ.get("SMOLSHIP_DEBUG", "") not in ("", "0")
+
+
+def open_bundle(path, verify: bool = True) -> dict:
+    """The bundle's manifest, after checking every file's sha256 (or a note on stderr that we did not)."""
+    from smolship.bundle import read_manifest, verify_bundle
+
+    if verify:
+        return verify_bundle(path)
+    console.print(f"[yellow]Not verified:[/] '{path}' is loaded without checking its files against manifest.json (--no-verify).")
+    return read_manifest(path)

@@ -32,6 +32,17 @@ def plan(targets: list[str], quant: str | None) -> list[tuple[str, object]]:
     return pairs
 
 
+def remove_if_only_logs(out: Path, existed: bool) -> None:
+    """A failed export into a new folder leaves nothing behind, not even its library logs."""
+    if existed or not out.is_dir():
+        return
+    entries = list(out.iterdir())
+    if all(p.is_file() and p.name.startswith("export-") and p.suffix == ".log" for p in entries):
+        for p in entries:
+            p.unlink()
+        out.rmdir()
+
+
 def export(
     model: Optional[str] = typer.Argument(None, help="GGUF file, HF folder, hub id or random:<preset>. Default: bundled SmolLM2-135M-Instruct."),
     target: str = typer.Option("all", "--target", "-t", help=f"One of {', '.join(TARGET_NAMES)}, or all."),
@@ -78,8 +89,7 @@ def export(
     try:
         outcomes = [run_target_job(job_list[0])] if len(job_list) == 1 else run_jobs(job_list, jobs)
     finally:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        remove_if_only_logs(out, existed)
     failed = [o for o in outcomes if o.error]
     if failed and len(failed) == len(outcomes) and len({o.error for o in failed}) == 1 and failed[0].fix and "Traceback" not in failed[0].fix:
         raise SmolshipError(failed[0].error, failed[0].fix)  # e.g. a bad model: the same clear error for every target
@@ -98,8 +108,11 @@ def export(
         print_json({**(report or {}), "failures": [{"target": o.target, "error": o.error} for o in failed]})
     elif report:
         out_console.print(bundle_rows_table(report["rows"], f"smolship export: {report['source']}"))
-        console.print(f"Reports: {out / 'report.json'}, {out / 'report.md'}, {out / 'report.html'}")
+        out_console.print(f"Report: {(out / 'report.html').resolve()}  (also report.md, report.json; "
+                          f"libraries' output in {out}/export-<target>.log)", highlight=False, soft_wrap=True)
     for o in failed:
         console.print(f"[bold red]{o.target} failed:[/] {o.error}\n{o.fix or ''}")
+        if o.log and Path(o.log).is_file():
+            console.print(f"  libraries' output for {o.target}: {o.log}")
     if failed:
         raise typer.Exit(1)
