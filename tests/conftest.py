@@ -16,6 +16,12 @@ def default_model():
 
 
 @pytest.fixture(scope="session")
+def offgrid_model():
+    """The default model moved off its 4-bit grid (exporter/offgrid.py; built once, cached on disk)."""
+    return load_model("offgrid:smollm2-135m?seed=0")
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """random:tiny - 2 layers, hidden 64, real 49152-token vocabulary and tokenizer."""
     return load_model("random:tiny")
@@ -35,3 +41,30 @@ def default_validator(default_model):
 @pytest.fixture(scope="session")
 def tiny_validator(tiny_model):
     return Validator(tiny_model, quick_settings(256))
+
+
+@pytest.fixture(scope="session")
+def real_executorch_8da4w(default_model, default_validator, tmp_path_factory):
+    """The real 135M as the default ExecuTorch 4-bit bundle, exported and validated once (~2.5 min): (path, manifest)."""
+    pytest.importorskip("executorch")
+    from smolship.export import export_bundle
+    from smolship.targets import ExportOptions, get_target
+
+    out = tmp_path_factory.mktemp("real_executorch")
+    return export_bundle(default_model, "executorch", get_target("executorch").recipes["8da4w"], out,
+                         ExportOptions(max_seq_len=512), validator=default_validator)
+
+
+@pytest.fixture(scope="session")
+def js_int4_bundle(default_model, tmp_path_factory):
+    """The real 135M as the ONNX int4 bundle, validated on 128 eval tokens, for the JS clients (test_web,
+    test_node): (path, manifest, validator). The browser test re-measures kld on the validator's own documents."""
+    pytest.importorskip("onnxruntime")
+    from smolship.export import export_bundle
+    from smolship.targets import ExportOptions, get_target
+
+    validator = Validator(default_model, quick_settings(128))
+    out = tmp_path_factory.mktemp("js_bundles")
+    path, manifest = export_bundle(default_model, "onnx", get_target("onnx").recipes["int4"], out,
+                                   ExportOptions(max_seq_len=512), validator=validator)
+    return path, manifest, validator

@@ -145,7 +145,7 @@ def test_quantized_program_equals_its_eager_model(tiny_model, tmp_path, target, 
     result = target.export(tiny_model, target.recipes[recipe], tmp_path, TINY)
     runner = target.load_runner(tmp_path, {"max_seq_len": CACHE})
     eager = tiny_model.build(CACHE)
-    Q.apply_plan(eager, PLANS[recipe], calibrate(tiny_model, eager, PLANS[recipe], TINY))  # smoothing + GPTQ too
+    Q.apply_plan(eager, PLANS[recipe], calibrate(tiny_model, eager, PLANS[recipe], TINY)[0])  # smoothing + GPTQ too
     eager = ExportLlama(eager)
     ids = [int(i) for i in np.random.default_rng(1).integers(3, 40000, size=9)]
     with torch.no_grad():

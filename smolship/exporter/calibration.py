@@ -1,11 +1,14 @@
-"""Activation statistics for quantization, measured in the PyTorch reference model (shared by targets).
+"""Calibration text (one policy for every target) and the activation statistics targets ask for.
 
-For every matrix a decoder layer multiplies (keyed by the fused names of the ONNX graph: qkv_proj,
-o_proj, gate_up_proj, down_proj, whose inputs are those of q_proj, o_proj, gate_proj, down_proj), the inputs seen
-on calibration text give `importance` = mean x^2 per input channel (weights the rounding error of
-the `mse` grid search) and `hessian` = X^T X / n (GPTQ). The text defaults to the shipped eval set,
-so the int4 recipe is tuned on the same kind of text parity is measured on; a user can pass
-their own with ExportOptions.calibration_text.
+Policy (`calibration_set`): the user's `ExportOptions.calibration_text` when given; else the last
+`HELD_OUT_DOCS` documents of the shipped eval set. Validation reads the eval set from its start and the
+CLI's default (`--eval-tokens 4096`) ends well before those documents, so calibration never sees the text
+default parity scores (tests/test_quant_core.py asserts it). Every target records `CalibrationSet.record`
+(what text, which documents, how many tokens) in its manifest's target_info.
+
+`collect` measures, for every matrix a decoder layer multiplies (keyed by the fused names of the ONNX
+graph: qkv_proj, o_proj, gate_up_proj, down_proj, whose inputs are those of q_proj, o_proj, gate_proj,
+down_proj) and the lm_head, `importance` = mean x^2 per input channel and `hessian` = X^T X / n.
 """
 
 from __future__ import annotations
@@ -14,74 +17,66 @@ from dataclasses import dataclass
 
 import torch
 
+from smolship.quant.stats import Stats, collect as collect_stats
+
 # fused-graph weight -> the reference module whose input it multiplies
 _SOURCES = {"qkv_proj": "self_attn.q_proj", "o_proj": "self_attn.o_proj",
             "gate_up_proj": "mlp.gate_proj", "down_proj": "mlp.down_proj"}
+HELD_OUT_DOCS = 16  # the eval set's last documents: never scored at the default 4,096 eval tokens
+Calibration = Stats  # importance, hessian, tokens
 
 
 @dataclass
-class Calibration:
-    importance: dict[str, torch.Tensor]  # name -> (K,)
-    hessian: dict[str, torch.Tensor]  # name -> (K, K)
-    tokens: int
+class CalibrationSet:
+    sequences: list[list[int]]
+    record: dict  # for the manifest: {"text", "documents", "tokens"}
 
 
-def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int = 256,
-                    from_end: bool = True) -> list[list[int]]:
-    """Token sequences to calibrate on: the user's text, else the shipped eval set read from its end.
+def calibration_set(source, text: str | None, max_tokens: int, doc_tokens: int = 256) -> CalibrationSet:
+    """Token sequences to calibrate on: `text` cut into `doc_tokens` pieces, else held-out eval documents.
 
-    Validation reads the eval set from its start (4,096 tokens by default, about the first 20 of 50
-    documents), so calibrating from the end keeps the default parity figures on held-out text.
-    from_end=False reads it from the start (the ONNX int8 recipe, see onnx/target.py)."""
+    The held-out documents are read from the end of the eval set (the last HELD_OUT_DOCS, newest last),
+    each cut to `doc_tokens`, until `max_tokens`."""
     tok = source.tokenizer
     if text:
-        ids = tok.encode(text)
-        return [ids[i:i + doc_tokens] for i in range(0, min(len(ids), max_tokens), doc_tokens)]
-    from smolship.validation.evalset import load_eval
-
-    docs = [list(d.ids) for d in load_eval(tok, max_doc_tokens=doc_tokens)]
-    out, total = [], 0
-    for ids in (reversed(docs) if from_end else docs):
+        ids = tok.encode(text)[:max_tokens]
+        seqs = [ids[i:i + doc_tokens] for i in range(0, len(ids), doc_tokens) if len(ids[i:i + doc_tokens]) > 1]
+        return CalibrationSet(seqs, {"text": "ExportOptions.calibration_text", "tokens": sum(map(len, seqs))})
+    docs = held_out_docs(tok, doc_tokens)
+    seqs, names, total = [], [], 0
+    for doc in reversed(docs):
         if total >= max_tokens:
             break
-        out.append(ids[: max_tokens - total])
-        total += len(out[-1])
-    return out
+        seqs.append(list(doc.ids[: max_tokens - total]))
+        names.append(doc.id)
+        total += len(seqs[-1])
+    return CalibrationSet(seqs, {"text": f"smolship eval set, held-out last {HELD_OUT_DOCS} documents",
+                                 "documents": names, "tokens": total})
 
 
-@torch.inference_mode()
-def collect(source, sequences: list[list[int]], want_hessian: bool) -> Calibration:
+def held_out_docs(tokenizer, doc_tokens: int = 256):
+    """The eval documents calibration may read (validation at its default window never does)."""
+    from smolship.validation.evalset import load_eval
+
+    return load_eval(tokenizer, max_doc_tokens=doc_tokens)[-HELD_OUT_DOCS:]
+
+
+def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int = 256) -> list[list[int]]:
+    """The sequences of `calibration_set` (kept for callers that need no record)."""
+    return calibration_set(source, text, max_tokens, doc_tokens).sequences
+
+
+def collect(source, sequences: list[list[int]], want_hessian: bool) -> Stats:
+    """Importance (and Hessians) of every fused layer matrix and the lm_head on `sequences`."""
     model = source.build(max_seq_len=max(len(s) for s in sequences) + 1)
-    sums: dict[str, torch.Tensor] = {}
-    grams: dict[str, torch.Tensor] = {}
-    count = 0
-    hooks = []
-
-    def hook_for(name: str):
-        def hook(_module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()  # (T, K)
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-            if want_hessian:
-                grams[name] = grams.get(name, 0) + x.t() @ x
-        return hook
-
-    for i, layer in enumerate(model.layers):
+    inputs = {"lm_head": "lm_head"}
+    for i in range(source.config.num_layers):
         for fused, ref in _SOURCES.items():
-            hooks.append(layer.get_submodule(ref).register_forward_pre_hook(hook_for(f"layers.{i}.{fused}")))
-    hooks.append(model.lm_head.register_forward_pre_hook(hook_for("lm_head")))
-    try:
-        for seq in sequences:
-            model(torch.tensor([seq]), torch.tensor([0]))
-            count += len(seq)
-    finally:
-        for h in hooks:
-            h.remove()
-    importance = {k: (v / count).float() for k, v in sums.items()}
-    hessian = {k: (v / count).float() for k, v in grams.items()}
-    return Calibration(importance, hessian, count)
+            inputs[f"layers.{i}.{fused}"] = f"layers.{i}.{ref}"
+    return collect_stats(model, sequences, inputs, hessian_keys=inputs if want_hessian else ())
 
 
-def smoothing_scales(calib: Calibration, state_dict: dict[str, torch.Tensor], num_layers: int,
+def smoothing_scales(calib: Stats, state_dict: dict[str, torch.Tensor], num_layers: int,
                      alpha: float = 0.5) -> dict[str, torch.Tensor]:
     """SmoothQuant scales s = rms(x)^alpha / max|W|^(1-alpha) per input channel of the norm-fed matrices."""
     packed = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from smolship.errors import SmolshipError
-from smolship.exporter.config import PRESETS, LlamaConfig
+from smolship.exporter.config import PRESETS, LlamaConfig, read_hf_config
 from smolship.exporter.model import CacheMode, Llama
 from smolship.exporter.tokenizer import ChatTokenizer
 
@@ -79,6 +78,10 @@ def load_model(spec: str | os.PathLike | None = None) -> SourceModel:
     text = str(spec)
     if text.startswith("random:"):
         return load_random(text.removeprefix("random:"))
+    if text.startswith("offgrid:"):  # the default model moved off its 4-bit grid (exporter/offgrid.py)
+        from smolship.exporter.offgrid import load_offgrid
+
+        return load_offgrid(text)
     path = Path(text).expanduser()
     if path.exists():
         return _load_path(path)
@@ -154,14 +157,7 @@ def load_hf_folder(folder: Path, weight_files: list[Path] | None = None, ref: st
     if not cfg_path.is_file():
         raise SmolshipError(f"No config.json in '{folder}'.",
                             "Pass a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).")
-    hf = json.loads(cfg_path.read_text())
-    arch = (hf.get("architectures") or ["?"])[0]
-    if hf.get("model_type") != "llama" or arch != "LlamaForCausalLM":
-        raise SmolshipError(
-            f"'{folder}' holds a '{hf.get('model_type')}' model ({arch}); smolship exports Llama-architecture decoders only.",
-            "Pass a LlamaForCausalLM checkpoint such as HuggingFaceTB/SmolLM2-360M-Instruct.",
-        )
-    cfg = LlamaConfig.from_hf(hf)
+    hf, cfg = read_hf_config(cfg_path)  # non-Llama, malformed JSON or values -> SmolshipError
     state, files = read_weights(folder, weight_files)
     tok = ChatTokenizer.from_folder(folder)
     h = hashlib.sha256()

@@ -48,10 +48,12 @@ class Affine:
     bits: int  # 4 or 8
     block: int | None  # along the input axis; None = one scale per output channel
     symmetric: bool = True
+    search: bool = False  # asymmetric: MSE search of each block's range + least-squares refit (smolship.quant)
 
     def describe(self) -> str:
         gran = f"per-block {self.block}" if self.block else "per-channel"
-        return f"{'' if self.symmetric else 'u'}int{self.bits} {gran}{'' if self.symmetric else ' + fp16 offset'}"
+        return (f"{'' if self.symmetric else 'u'}int{self.bits} {gran}{'' if self.symmetric else ' + fp16 offset'}"
+                f"{' (searched)' if self.search else ''}")
 
 
 @dataclass(frozen=True)
@@ -92,15 +94,27 @@ PLANS: dict[str, Plan] = {
 
 
 # --- asymmetric per-block uint4 with fp16 offsets ---------------------------------------------------
-def asymmetric_blocks(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(q uint8 [O, I], scale fp16 [O, I/block], offset fp16 [O, I/block]) with w ~ scale * (q - offset)."""
+def asymmetric_blocks(w: np.ndarray, bits: int, block: int, search: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q uint8 [O, I], scale fp16 [O, I/block], offset fp16 [O, I/block]) with w ~ scale * (q - offset).
+
+    The grid is the shared core's (smolship.quant.grids): min/max, or with `search` the MSE-best range
+    per block (min/max is one candidate, so weights already on such a grid keep it)."""
+    import torch
+
+    from smolship.quant.grids import affine_minmax, affine_search
+
     o, i = w.shape
     if i % block:
         raise ValueError(f"input width {i} is not a multiple of the block size {block}")
     levels = (1 << bits) - 1
     b = w.astype(np.float32).reshape(o, i // block, block)  # (O, nb, block)
-    lo, hi = b.min(-1), b.max(-1)  # (O, nb)
-    scale = ((hi - lo) / levels).astype(np.float16)
+    tb = torch.from_numpy(b)
+    grid = affine_search(tb, bits) if search else affine_minmax(tb, bits)
+    lo = (-grid.zero * grid.scale)[..., 0].numpy()  # (O, nb): the block's offset in weight units
+    scale = (grid.scale[..., 0].numpy()).astype(np.float16)
+    if not search:  # bit-compatible with the min/max grid this recipe shipped with
+        lo, hi = b.min(-1), b.max(-1)
+        scale = ((hi - lo) / levels).astype(np.float16)
     scale[scale == 0] = np.float16(1.0)  # constant block: any scale, q = offset reproduces it
     s32 = scale.astype(np.float32)
     offset = (-lo / s32).astype(np.float16)
@@ -125,7 +139,7 @@ class AsymmetricBlockwise(AbstractGraphPass):
             if w.shape[-1] % self.scheme.block:
                 raise SmolshipError(f"Weight '{op.name}' is {w.shape[-1]} wide, not a multiple of the "
                                     f"{self.scheme.block}-wide blocks of this recipe.", "Use the w8 or fp16 recipe for this model.")
-            q, scale, offset = asymmetric_blocks(w, self.scheme.bits, self.scheme.block)
+            q, scale, offset = asymmetric_blocks(w, self.scheme.bits, self.scheme.block, self.scheme.search)
             with main:
                 new = mb.constexpr_blockwise_shift_scale(data=q.astype(dtype), scale=scale, offset=offset,
                                                           before_op=op, name=op.name + "_quantized")

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
+from smolship.quant.gptq import gptq
+from smolship.quant.grids import Grid, affine_minmax, affine_search, blocks_of, round_bf16, symmetric_search
+
 BF16_EPS = 2.0 ** -8
 
 
@@ -44,6 +47,7 @@ class LinearScheme:
     gptq: bool = False  # per-channel int8 rounded by GPTQ when calibration Hessians are at hand
     offset_block: int = 32  # block of the offsets when the main grid is per channel (group_size 0)
     residual: bool = False  # a second int8 plane for what the first rounds away (`ResidualLinear`)
+    grid_search: bool = False  # 4-bit offsets: importance-weighted float-zero search (+ GPTQ), for weights on no grid
 
     @property
     def block(self) -> int:
@@ -75,7 +79,9 @@ W8_OFF = replace(W8, name="w8-off", block_offsets=True)
 # scale per row cannot hold the per-block scales of a Q8_0 source matrix, and the head's rounding
 # was ~0.001 of the 8-bit recipes' kld_mean (eager, 2,048 tokens: int8 0.0039 -> 0.0030 with a float head).
 W8X2 = replace(W8, name="w8x2", residual=True)
-SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8DA8_RTN, W8, W8_RTN, W8DA8_OFF, W8_OFF, W8X2)}
+# 8da4w for weights on no grid (issue 19): the block grid searched with importance weights, codes by GPTQ.
+W8DA4_GPTQ = replace(W8DA4, name="8da4w-gptq", grid_search=True, gptq=True)
+SCHEMES = {s.name: s for s in (W8DA4, W8DA4_SYM, W8DA8, W8DA8_RTN, W8, W8_RTN, W8DA8_OFF, W8_OFF, W8X2, W8DA4_GPTQ)}
 # Groups of 32 hold a Q8_0 source embedding exactly (one scale per row cannot); +3.5 MB of scales.
 EMB8 = EmbeddingScheme(bits=8, group_size=32, asymmetric=False)
 # Group 64 (not 32): the fp16 scales and zero points of a 49k x 576 table are 3.5 MB at 32, and the
@@ -117,53 +123,35 @@ class QuantPlan:
 
 # ---------------------------------------------------------------------------------- integer grids
 
-def _bf16(x: Tensor) -> Tensor:
-    return x.to(torch.bfloat16).float()
+def symmetric_grid(w: Tensor, bits: int, group_size: int, search: bool, bf16_scales: bool,
+                   importance: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(q int8 [out, in], scale [out, n_groups]): the shared core's symmetric grid with scale search."""
+    return symmetric_search(w, bits, group_size, search, bf16_scales, importance)
 
 
-def symmetric_grid(w: Tensor, bits: int, group_size: int, search: bool, bf16_scales: bool) -> tuple[Tensor, Tensor]:
-    """(q int8 [out, in], scale [out, n_groups]) minimizing squared error per group.
-
-    Candidate scales are amax / qmax shrunk by up to 30% (clipping outliers trades a little
-    range for a finer step); the scale is rounded like the kernel will store it before choosing.
-    """
-    out_f, in_f = w.shape
-    g = in_f if group_size == 0 else group_size
-    wg = w.reshape(out_f, in_f // g, g)  # (out, ng, g)
-    qmax, qmin = 2 ** (bits - 1) - 1, -(2 ** (bits - 1))
-    amax = wg.abs().amax(-1, keepdim=True).clamp(min=1e-12)
-    factors = torch.linspace(0.7, 1.0, 16).tolist() if search else [1.0]
-    best_q = best_s = best_err = None
-    for f in factors:
-        for base in ({qmax, -qmin} if bits == 4 else {qmax}):  # int4 may use -8 as the far end
-            s = amax * f / base
-            if bf16_scales:
-                s = _bf16(s)
-            q = torch.round(wg / s).clamp(qmin, qmax)
-            err = ((q * s - wg) ** 2).sum(-1, keepdim=True)
-            if best_err is None:
-                best_q, best_s, best_err = q, s, err
-            else:
-                better = err < best_err
-                best_q, best_s = torch.where(better, q, best_q), torch.where(better, s, best_s)
-                best_err = torch.minimum(err, best_err)
-    return best_q.reshape(out_f, in_f).to(torch.int8), best_s.squeeze(-1)
-
-
-def asymmetric_int4_as_symmetric(w: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def asymmetric_int4_as_symmetric(w: Tensor, group_size: int, importance: Tensor | None = None,
+                                 hessian: Tensor | None = None, search: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """w ~= s*(q - 8) + c per block: (q-8 int8 [out, in], s bf16-exact [out, nb], c [out, nb]).
 
-    Min/max per block gives q exactly when `w` already sits on a 16-level affine grid (Q4_1);
-    then c is the least-squares offset for the rounded scale.
-    """
+    Default (search=False): min/max per block gives q exactly when `w` already sits on a 16-level affine
+    grid (Q4_1); then c is the least-squares offset for the rounded scale. search=True (weights on no
+    grid): the core's importance-weighted float-zero search, the scale rounded to bf16 keeping each
+    block's offset, codes by GPTQ when a Hessian is given, and c the grid's own offset."""
     out_f, in_f = w.shape
-    wg = w.reshape(out_f, in_f // group_size, group_size)  # (out, nb, g)
-    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-    d = ((hi - lo) / 15).clamp(min=1e-12)
-    q = torch.round((wg - lo) / d).clamp(0, 15) - 8  # (out, nb, g) in [-8, 7]
-    s = _bf16(d)
-    c = (wg - s * q).mean(-1, keepdim=True)
-    return q.reshape(out_f, in_f).to(torch.int8), s.squeeze(-1), c.squeeze(-1)
+    wg = blocks_of(w, group_size)  # (out, nb, g)
+    if not search:
+        grid = affine_minmax(wg, 4)
+        q = grid.codes(wg) - 8  # (out, nb, g) in [-8, 7]
+        s = round_bf16(grid.scale)
+        c = (wg - s * q).mean(-1, keepdim=True)
+        return q.reshape(out_f, in_f).to(torch.int8), s.squeeze(-1), c.squeeze(-1)
+    grid = affine_search(wg, 4, importance)
+    offset = -grid.zero * grid.scale
+    s = round_bf16(grid.scale)
+    grid = Grid(s, -offset / s, 0, 15)
+    q = gptq(w, hessian, grid.column_rounder(group_size)).reshape(wg.shape) if hessian is not None else grid.codes(wg)
+    c = s * (8 - grid.zero)  # s*(q - zero) = s*(q - 8) + c
+    return (q - 8).reshape(out_f, in_f).to(torch.int8), s.squeeze(-1), c.squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------- torchao tensors
@@ -289,7 +277,9 @@ def _block_offset_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None
     g = scheme.block
     main = _empty_linear(w.shape[1], w.shape[0])
     if scheme.bits == 4:
-        q, s, c = asymmetric_int4_as_symmetric(w, g)
+        importance = None if hessian is None else torch.diagonal(hessian).clone()  # diag(X^T X / n) = mean x^2
+        q, s, c = asymmetric_int4_as_symmetric(w, g, importance, hessian if scheme.gptq else None,
+                                               search=scheme.grid_search)
         main.weight = nn.Parameter(intx_weight(q, s, 4, g, scheme.dynamic_activations), requires_grad=False)
     else:  # per-channel grid over the residual of the block means
         c = w.reshape(w.shape[0], -1, g).mean(-1)  # (out, nb)

@@ -89,20 +89,22 @@ def check_options(model, options: ExportOptions) -> None:
 CALIBRATION_TOKENS = 4096
 
 
-def calibrate(model, llama, plan: Q.QuantPlan, options: ExportOptions) -> list[list[int]] | None:
+def calibrate(model, llama, plan: Q.QuantPlan, options: ExportOptions) -> tuple[list[list[int]] | None, dict | None]:
     """Fold SmoothQuant scales into `llama` (when the plan smooths) and return the token sequences GPTQ
-    calibrates on (when any scheme asks for it); ExportOptions.calibration_text overrides the text."""
+    calibrates on (when any scheme asks for it) with the manifest's record of that text
+    (exporter.calibration.calibration_set: held-out text unless ExportOptions.calibration_text)."""
     if not plan.smooth_alpha and not plan.wants_gptq():
-        return None
+        return None, None
     from smolship.exporter import calibration
 
-    seqs = calibration.calibration_ids(model, options.calibration_text, max_tokens=CALIBRATION_TOKENS,
-                                       doc_tokens=min(256, llama.max_seq_len))  # GPTQ runs them through `llama`
+    cal = calibration.calibration_set(model, options.calibration_text, max_tokens=CALIBRATION_TOKENS,
+                                      doc_tokens=min(256, llama.max_seq_len))  # GPTQ runs them through `llama`
+    seqs = cal.sequences
     if plan.smooth_alpha:
         stats = calibration.collect(model, seqs, want_hessian=False)
         scales = calibration.smoothing_scales(stats, model.state_dict, model.config.num_layers, plan.smooth_alpha)
         Q.fold_smoothing(llama, scales)
-    return seqs if plan.wants_gptq() else None
+    return (seqs if plan.wants_gptq() else None), cal.record
 
 
 class ExecuTorchTarget(Target):
@@ -122,7 +124,7 @@ class ExecuTorchTarget(Target):
         progress("building model", 0.02)
         llama = model.build(max_seq_len=options.max_seq_len)
         progress("calibrating", 0.03)
-        calib = calibrate(model, llama, plan, options)
+        calib, calib_record = calibrate(model, llama, plan, options)
         progress("quantizing", 0.05)
         quant = Q.apply_plan(llama, plan, calib)
         t_quant = time.perf_counter()
@@ -142,6 +144,7 @@ class ExecuTorchTarget(Target):
         t_end = time.perf_counter()
         info = {
             "quant": {"recipe": recipe.name, "plan": plan.describe(), **quant},
+            "calibration": calib_record,
             "delegation": delegation,
             "constant_methods": methods,
             "export_seconds": {"quantize": round(t_quant - t0, 1), "torch_export": round(t_export - t_quant, 1),

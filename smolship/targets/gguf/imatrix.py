@@ -22,17 +22,16 @@ MIN_TOKENS = 64
 
 
 def calibration_chunks(source, text: str | None, max_tokens: int = DEFAULT_TOKENS) -> tuple[list[list[int]], str]:
-    """Token chunks to calibrate on and a label: `text` if given, else the built-in eval set."""
-    if text:
-        ids = source.tokenizer.encode(text)[:max_tokens]
-        if len(ids) < MIN_TOKENS:
-            raise SmolshipError(f"The calibration text is {len(ids)} tokens; the importance matrix needs at least {MIN_TOKENS}.",
-                                "Pass a longer ExportOptions.calibration_text, or none to use the built-in eval set.")
-        return [ids[i: i + CHUNK] for i in range(0, len(ids), CHUNK) if len(ids[i: i + CHUNK]) > 1], "calibration_text"
-    from smolship.validation.evalset import load_eval
+    """Token chunks to calibrate on and a label, by the one calibration policy
+    (exporter.calibration.calibration_set): `text` if given, else held-out eval documents."""
+    from smolship.exporter.calibration import calibration_set
 
-    docs = load_eval(source.tokenizer, max_tokens=max_tokens)
-    return [list(d.ids) for d in docs], "smolship eval set"
+    cal = calibration_set(source, text, max_tokens, doc_tokens=CHUNK)
+    if cal.record["tokens"] < MIN_TOKENS:
+        raise SmolshipError(f"The calibration text is {cal.record['tokens']} tokens; the importance matrix needs at least {MIN_TOKENS}.",
+                            "Pass a longer ExportOptions.calibration_text, or none to use the built-in eval set.")
+    label = "calibration_text" if text else cal.record["text"]
+    return cal.sequences, label
 
 
 def importance_matrix(source, chunks: list[list[int]]) -> dict[str, np.ndarray]:

@@ -19,6 +19,10 @@ Methods (chosen per recipe by measured kld_mean, see DESIGN notes in target.py):
 * ``gptq`` - the ``mse`` grid, then GPTQ's column-by-column error feedback with the Hessian
   ``X^T X`` of the calibration activations (Frantar et al., 2022), which fixes up the rounding of
   the remaining columns of each block row.
+* ``offset-search`` / ``offset-gptq`` - the ``offset`` layout with the float-zero grid chosen by an
+  importance-weighted search (range shrink + least-squares refit), then rounded to nearest or by GPTQ:
+  what holds on weights that are on no grid (the off-grid model, issue 19).
+Grids and GPTQ are the shared core's (smolship/quant); this module only lays codes out for the kernel.
 ONNX Runtime's HQQ quantizer writes float zero points, which MatMulNBits runs ~60x slower on CPU (no
 int8 kernel for them: 947 us vs 14 us for one 576x1536 decode matmul, ORT 1.31), so it is not offered.
 """
@@ -30,7 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-METHODS = ("rtn", "mse", "gptq", "offset")
+from smolship.quant.gptq import gptq
+from smolship.quant.grids import Grid, affine_minmax, affine_search, blocks_of
+
+METHODS = ("rtn", "mse", "gptq", "offset", "offset-search", "offset-gptq")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,17 @@ class BlockQuant:
     def levels(self) -> int:
         return 2 ** self.bits - 1
 
+    @property
+    def offsets(self) -> bool:
+        return self.method.startswith("offset")
+
+    @property
+    def needs(self) -> tuple[bool, bool]:
+        """(importance, hessian) this method reads from calibration."""
+        if self.symmetric or self.method in ("rtn", "offset"):
+            return False, False
+        return True, self.method.endswith("gptq")
+
 
 @dataclass
 class Quantized:
@@ -60,96 +78,39 @@ class Quantized:
     zp: torch.Tensor  # (N, kb, 1) float codes
 
 
-def _blocks(w: torch.Tensor, bs: int) -> torch.Tensor:
-    k, n = w.shape
-    if k % bs:
-        raise ValueError(f"K={k} is not a multiple of block_size {bs}")
-    return w.t().reshape(n, k // bs, bs)  # (N, kb, bs)
+def _symmetric(blocks: torch.Tensor, bits: int) -> Grid:
+    half = 2 ** (bits - 1)
+    scale = (blocks.abs().amax(-1, keepdim=True) / (half - 1)).clamp(min=1e-12)
+    return Grid(scale, torch.full_like(scale, float(half)), 0, 2 * half - 1)
 
 
-def _grid(blocks: torch.Tensor, cfg: BlockQuant, shrink: torch.Tensor | float = 1.0):
-    """scale, zero point (float codes) for blocks (N, kb, bs) and a range shrink factor."""
+def grid_and_codes(w: torch.Tensor, cfg: BlockQuant, importance: torch.Tensor | None = None,
+                   hessian: torch.Tensor | None = None) -> tuple[Grid, torch.Tensor]:
+    """W (N, K) -> (grid, codes (N, kb, bs)) by `cfg.method` (float zero points for the offset methods)."""
+    blocks = blocks_of(w, cfg.block_size)
     if cfg.symmetric:
-        half = 2 ** (cfg.bits - 1)
-        amax = blocks.abs().amax(-1, keepdim=True) * shrink
-        scale = (amax / (half - 1)).clamp(min=1e-12)
-        return scale, torch.full_like(scale, float(half))
-    lo = blocks.amin(-1, keepdim=True).clamp(max=0) * shrink
-    hi = blocks.amax(-1, keepdim=True).clamp(min=0) * shrink
-    scale = ((hi - lo) / cfg.levels).clamp(min=1e-12)
-    zp = (-lo / scale).round().clamp(0, cfg.levels)
-    return scale, zp
-
-
-def _codes(blocks, scale, zp, levels):
-    return (blocks / scale + zp).round().clamp(0, levels)
+        grid = _symmetric(blocks, cfg.bits)
+    elif cfg.method == "rtn":
+        grid = affine_minmax(blocks, cfg.bits, integer_zero=True, include_zero=True)
+    elif cfg.method == "offset":
+        grid = affine_minmax(blocks, cfg.bits)
+    else:
+        grid = affine_search(blocks, cfg.bits, importance, integer_zero=not cfg.offsets)
+    if cfg.method.endswith("gptq") and hessian is not None:
+        codes = gptq(w, hessian, grid.column_rounder(cfg.block_size)).reshape(blocks.shape)
+    else:
+        codes = grid.codes(blocks)
+    return grid, codes
 
 
 def quantize_weight(w: np.ndarray | torch.Tensor, cfg: BlockQuant, importance: torch.Tensor | None = None,
                     hessian: torch.Tensor | None = None) -> Quantized:
-    """Quantize W (K, N); `importance` (K,) weights the error, `hessian` (K, K) enables GPTQ."""
-    w = torch.as_tensor(np.asarray(w, dtype=np.float32))
-    blocks = _blocks(w, cfg.block_size)
-    if cfg.method == "rtn" or cfg.symmetric:
-        scale, zp = _grid(blocks, cfg)
-    else:
-        imp = None if importance is None else _blocks(importance[:, None].expand(-1, 1), cfg.block_size)[0]
-        scale, zp = _search_grid(blocks, cfg, imp)
-    if cfg.method == "gptq" and hessian is not None:
-        q = _gptq_codes(w, scale, zp, cfg, hessian)
-    else:
-        q = _codes(blocks, scale, zp, cfg.levels)
-    return _pack(q, scale, zp, cfg)
-
-
-def _search_grid(blocks: torch.Tensor, cfg: BlockQuant, imp: torch.Tensor | None):
-    """Per block: the shrink of [min, max] and zero-point nudge (-1, 0, +1) with the least weighted error."""
-    weight = torch.ones_like(blocks[:1, :1]) if imp is None else imp[None]  # (1, kb, bs) or broadcastable
-    best_err = best_scale = best_zp = None
-    for shrink in (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.8):
-        scale, _ = _grid(blocks, cfg, shrink)
-        lo = blocks.amin(-1, keepdim=True).clamp(max=0) * shrink
-        zf = -lo / scale  # exact float zero point; try the integers around it
-        for zp in (zf.floor().clamp(0, cfg.levels), zf.ceil().clamp(0, cfg.levels)):
-            deq = (_codes(blocks, scale, zp, cfg.levels) - zp) * scale
-            err = ((deq - blocks) ** 2 * weight).sum(-1, keepdim=True)
-            if best_err is None:
-                best_err, best_scale, best_zp = err, scale, zp
-            else:
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best_scale = torch.where(better, scale, best_scale)
-                best_zp = torch.where(better, zp, best_zp)
-    return best_scale, best_zp
-
-
-def _gptq_codes(w: torch.Tensor, scale, zp, cfg: BlockQuant, hessian: torch.Tensor,
-                damp: float = 0.01, batch: int = 128) -> torch.Tensor:
-    """GPTQ over the input dimension with a fixed per-block grid (lazy batch updates); codes (N, kb, bs)."""
-    k, n = w.shape
-    bs = cfg.block_size
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += damp * torch.diag(h).mean() * torch.eye(k, dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()  # (K, K)
-    wt = w.t().clone()  # (N, K): columns are quantized in input order, the rest absorb their error
-    scale_k = scale.repeat_interleave(bs, dim=1).squeeze(-1)  # (N, K)
-    zp_k = zp.repeat_interleave(bs, dim=1).squeeze(-1)
-    codes = torch.empty(n, k)
-    for i1 in range(0, k, batch):
-        i2 = min(i1 + batch, k)
-        w1, h1 = wt[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1 = torch.zeros_like(w1)
-        for i in range(i2 - i1):
-            col, j = w1[:, i], i1 + i
-            qj = (col / scale_k[:, j] + zp_k[:, j]).round().clamp(0, cfg.levels)
-            codes[:, j] = qj
-            e = (col - (qj - zp_k[:, j]) * scale_k[:, j]) / h1[i, i]
-            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
-            err1[:, i] = e
-        wt[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return codes.reshape(n, k // bs, bs)
+    """Quantize W (K, N) with integer zero points; `importance` (K,) weights the error, `hessian` (K, K) enables GPTQ."""
+    if cfg.offsets:
+        raise ValueError("offset methods need quantize_offset (an extra input block)")
+    w = torch.as_tensor(np.asarray(w, dtype=np.float32)).t()  # (N, K)
+    grid, codes = grid_and_codes(w, cfg, importance, hessian)
+    return _pack(codes, grid.scale, grid.zero, cfg)
 
 
 def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, cfg: BlockQuant) -> Quantized:
@@ -170,7 +131,8 @@ def _pack(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, cfg: BlockQuan
     return Quantized(packed, scale.reshape(n, kb).float().numpy(), zero_points, q, zp)
 
 
-def quantize_offset(w: np.ndarray | torch.Tensor, cfg: BlockQuant) -> tuple[Quantized, np.ndarray]:
+def quantize_offset(w: np.ndarray | torch.Tensor, cfg: BlockQuant, importance: torch.Tensor | None = None,
+                    hessian: torch.Tensor | None = None) -> tuple[Quantized, np.ndarray]:
     """W (K, N) -> (quantized W' (K + E, N), P (K, E)) with x @ W ≈ concat(x, x @ P) @ W'.
 
     E = block_size * ceil((K / block_size) / block_size): the per-block offsets of one column fill
@@ -181,18 +143,15 @@ def quantize_offset(w: np.ndarray | torch.Tensor, cfg: BlockQuant) -> tuple[Quan
     bs = cfg.block_size
     kb = k // bs
     extra = -(-kb // bs) * bs  # E
-    blocks = _blocks(w, bs)  # (N, kb, bs)
-    lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
-    scale = ((hi - lo) / cfg.levels).clamp(min=1e-12)
-    fzp = -lo / scale  # the exact (float) zero point
+    grid, q = grid_and_codes(w.t(), cfg, importance, hessian)
+    scale, fzp = grid.scale, grid.zero  # (N, kb, 1); fzp is the exact (float) zero point
     zp = fzp.round().clamp(0, cfg.levels)
-    q = _codes(blocks, scale, fzp, cfg.levels)
     r_rows = torch.zeros(n, extra)
     r_rows[:, :kb] = (scale * (zp - fzp)).reshape(n, kb)  # w = scale * (q - zp) + r
     r_rows = r_rows.reshape(n, extra // bs, bs)
-    r_scale, r_zp = _grid(r_rows, BlockQuant(cfg.bits, bs, False, "rtn"))
-    r_q = _codes(r_rows, r_scale, r_zp, cfg.levels)
-    packed = _pack(torch.cat([q, r_q], 1), torch.cat([scale, r_scale], 1), torch.cat([zp, r_zp], 1), cfg)
+    r_grid = affine_minmax(r_rows, cfg.bits, integer_zero=True, include_zero=True)
+    r_q = r_grid.codes(r_rows)
+    packed = _pack(torch.cat([q, r_q], 1), torch.cat([scale, r_grid.scale], 1), torch.cat([zp, r_grid.zero], 1), cfg)
     p = np.zeros((k, extra), dtype=np.float32)
     p[np.arange(k), np.arange(k) // bs] = 1.0
     return packed, p

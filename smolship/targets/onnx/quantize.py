@@ -42,8 +42,8 @@ class QuantPlan:
 
     def needs_calibration(self) -> tuple[bool, bool]:
         """(importance, hessian) needed by any rule."""
-        methods = {r.config.method for r in self.rules if r.config is not None and not r.config.symmetric}
-        return bool(methods & {"mse", "gptq"}), "gptq" in methods
+        needs = [r.config.needs for r in self.rules if r.config is not None]
+        return any(i for i, _ in needs), any(h for _, h in needs)
 
 
 @dataclass
@@ -83,13 +83,13 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         w = _weight(w_value)
         k, n = w.shape
         a = node.inputs[0]
-        if cfg.method == "offset":
-            qz, p = quantize_offset(w, cfg)
+        imp = calib.importance.get(w_value.name) if calib else None
+        hes = calib.hessian.get(w_value.name) if calib else None
+        if cfg.offsets:
+            qz, p = quantize_offset(w, cfg, importance=imp, hessian=hes)
             a, k = _append_block_sums(graph, node, a, p, w_value.name), k + p.shape[1]
             effective = dequantize(qz)[:w.shape[0]] + p @ dequantize(qz)[w.shape[0]:]
         else:
-            imp = calib.importance.get(w_value.name) if calib else None
-            hes = calib.hessian.get(w_value.name) if calib else None
             qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
             effective = dequantize(qz)
         names = _add_quantized(graph, w_value.name, qz, cfg)

@@ -1,9 +1,10 @@
-"""The ONNX target: export -> (quantize) -> save as an onnxruntime-genai model folder; run in ONNX Runtime.
+"""The ONNX target: export -> (quantize) -> save one folder that onnxruntime-genai and transformers.js both load.
 
 Chain: graph_model (nn.Module with genai's I/O) -> export.export_onnx (torch.onnx dynamo, contrib ops
 via contrib_ops) -> quantize.quantize_model (MatMulNBits / GatherBlockQuantized, rules from
-recipes.plan_for) -> export.save_model (external data past ~1.8 GB) -> genai_config.json.
-The pipeline (smolship/export.py) adds tokenizer.json / tokenizer_config.json, which genai reads.
+recipes.plan_for) -> export.save_model (onnx/model_q4.onnx etc., external data past ~1.8 GB) ->
+genai_config.json + config.json pointing at that file. The pipeline (smolship/export.py) adds
+tokenizer.json / tokenizer_config.json (with the chat template) and generation_config.json, which both read.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class OnnxTarget(Target):
         import torch
 
         from smolship.exporter import calibration
-        from smolship.targets.onnx.export import export_onnx, save_model
-        from smolship.targets.onnx.genai_config import genai_config, write_genai_config
+        from smolship.targets.onnx.export import ONNX_DIR, ONNX_FILES, export_onnx, save_model
+        from smolship.targets.onnx.genai_config import (genai_config, transformers_js_config, write_genai_config,
+                                                        write_hf_config)
         from smolship.targets.onnx.quantize import quantize_model
 
         plan = plan_for(recipe, options)
@@ -44,12 +46,9 @@ class OnnxTarget(Target):
         want_imp, want_hes = plan.quant.needs_calibration() if plan.quant else (False, False)
         if want_imp or want_hes or (plan.smooth_alpha and graph == "fused"):
             progress("calibration", 0.0)
-            # From the start of the eval set (the text default parity is measured on, so int8's figures are
-            # in-sample): SmoothQuant scales from its end flip int8's greedy answer to the France prompt
-            # ("L'Étoile, ..."), which onnxruntime-genai must answer with Paris (measured; kld is ~equal).
-            seqs = calibration.calibration_ids(model, options.calibration_text, max_tokens=4096, from_end=False)
-            calib = calibration.collect(model, seqs, want_hes)
-            info["calibration_tokens"] = calib.tokens
+            cal = calibration.calibration_set(model, options.calibration_text, max_tokens=4096)  # held-out text
+            calib = calibration.collect(model, cal.sequences, want_hes)
+            info["calibration"] = cal.record
             if plan.smooth_alpha and graph == "fused":
                 smooth = calibration.smoothing_scales(calib, model.state_dict, model.config.num_layers, plan.smooth_alpha)
                 info["smoothquant_alpha"] = plan.smooth_alpha
@@ -63,9 +62,13 @@ class OnnxTarget(Target):
             info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level}
         info["ops"] = dict(Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in onnx_model.graph))
         progress("saving", 0.95)
-        files = save_model(onnx_model, out_dir)
-        files.append(write_genai_config(out_dir, genai_config(model, files[0], options.max_seq_len, graph == "fused")))
-        return ExportResult(files=files, info=info)
+        tjs_dtype, file_name = ONNX_FILES[recipe.name]
+        written = save_model(onnx_model, Path(out_dir) / ONNX_DIR, file_name=file_name)
+        model_file = f"{ONNX_DIR}/{file_name}"
+        write_genai_config(out_dir, genai_config(model, model_file, options.max_seq_len, graph == "fused"))
+        write_hf_config(out_dir, transformers_js_config(model, tjs_dtype, model_file, len(written) > 1))
+        info["transformers_js_dtype"] = tjs_dtype
+        return ExportResult(files=[ONNX_DIR, "genai_config.json", "config.json"], info=info)
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> Runner:
         from smolship.targets.onnx.genai_config import read_genai_config

@@ -1,0 +1,84 @@
+"""Every 4-bit-class recipe x {default model, off-grid model}: full export, validated in its runtime (issue 19).
+
+Each bundle is exported by the target, then scored by smolship's validator through the runtime's own
+decode loop against the fp32 reference of the same source (Core ML on Linux: compressed weights read
+back out of the package and run in the reference graph). Decode tok/s is not measured here: this
+machine is shared, so latency against the anchors is left to a quiet machine.
+
+    python benchmarks/offgrid_matrix.py --models default offgrid --eval-tokens 2048 \\
+        --runs onnx:int4 executorch:8da4w coreml:w4 gguf:q4_k_m --out bench-results/offgrid_matrix.json
+A run may carry knobs: onnx:int4:{"int4_method":"offset-gptq"} (JSON ExportOptions.extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from offgrid_screen import SPECS, envelope  # noqa: E402
+
+from smolship.export import export_bundle  # noqa: E402
+from smolship.exporter import load_model  # noqa: E402
+from smolship.targets import ExportOptions, get_target  # noqa: E402
+from smolship.validation.parity import ParitySettings  # noqa: E402
+from smolship.validation.validate import ValidationSettings, Validator  # noqa: E402
+
+
+def parse_run(run: str) -> tuple[str, str, dict]:
+    target, rest = run.split(":", 1)
+    recipe, _, knobs = rest.partition(":")
+    return target, recipe, (json.loads(knobs) if knobs else {})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["default", "offgrid"])
+    ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--out", type=Path, default=Path("bench-results/offgrid_matrix.json"))
+    args = ap.parse_args()
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="offgrid-matrix-"))
+    try:
+        for mname in args.models:
+            source = load_model(SPECS.get(mname, mname))
+            validator = Validator(source, ValidationSettings(eval_tokens=args.eval_tokens, measure_latency=False,
+                                                             parity=ParitySettings(greedy_prompts=2, greedy_tokens=16)))
+            for run in args.runs:
+                target, recipe, knobs = parse_run(run)
+                t0 = time.time()
+                path, manifest = export_bundle(source, target, get_target(target).recipes[recipe], work / mname,
+                                               ExportOptions(extra=knobs), validator=validator, force=True)
+                manifest = json.loads((path / "manifest.json").read_text())
+                v = manifest.get("validation", {})
+                wp = v.get("weight_parity") or {}
+                par = v if "kld_mean" in v else wp
+                row = {"model": mname, "target": target, "recipe": recipe, "knobs": knobs,
+                       "size_mb": manifest.get("size_mb") or v.get("size_mb"),
+                       "kld_mean": par.get("kld_mean"), "top1": par.get("top1_agreement"),
+                       "greedy_match": par.get("greedy_match"), "runtime_ran": v.get("runtime_ran"),
+                       "eval_tokens": par.get("eval_tokens"), "calibration": manifest.get("target_info", {}).get("calibration"),
+                       "seconds": round(time.time() - t0, 1)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                shutil.rmtree(path, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    key = lambda r: (r["model"], r["target"], r["recipe"], json.dumps(r["knobs"], sort_keys=True))  # noqa: E731
+    new = {key(r) for r in rows}
+    args.out.write_text(json.dumps(envelope("benchmarks/offgrid_matrix.py", {"eval_tokens": args.eval_tokens,
+                                                                             "argv": sys.argv[1:]},
+                                            [r for r in old if key(r) not in new] + rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Teacher-forced eager screening of 4-bit recipes on the default and the off-grid model (issue 19).
+
+Weights are quantized in the PyTorch model (ONNX candidates: the effective weights MatMulNBits would
+compute with, via onnx/blockquant.py, weight-only: int8 activation rounding is not simulated; ExecuTorch
+candidates: executorch/quantize.apply_plan's torchao tensors run eagerly, int8 dynamic activations
+included) and scored against the fp32 model of the same source on the first --eval-tokens of the eval
+set (what validation scores); calibration is the held-out policy's (exporter.calibration). Cheap enough
+to sweep; full exports (benchmarks/offgrid_matrix.py) confirm the chosen points in their runtimes.
+
+    python benchmarks/offgrid_screen.py --models default offgrid --eval-tokens 1024 \\
+        --candidates onnx:offset onnx:offset-gptq et:8da4w et:8da4w-gptq --out bench-results/offgrid_screen.json
+ONNX candidate syntax: onnx:<method>[:b<block>][:8=<regex on fused names>] (several :8= allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smolship.exporter import load_model
+from smolship.exporter.calibration import calibration_set, collect
+from smolship.validation.evalset import load_eval
+
+FUSED = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
+         "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
+         "mlp.down_proj": "down_proj"}
+SPECS = {"default": None, "offgrid": "offgrid:smollm2-135m?seed=0"}
+
+
+def envelope(script: str, settings: dict, rows: list) -> dict:
+    """One result shape for the off-grid benchmarks: commit, machine, versions, settings, rows."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True).stdout.strip())
+    import onnxruntime
+
+    return {"script": script, "commit": commit + ("-dirty" if dirty else ""), "machine": platform.node(),
+            "cpus": __import__("os").cpu_count(), "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+            "settings": settings, "rows": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+@torch.inference_mode()
+def logits_of(model, docs) -> list[torch.Tensor]:
+    return [model(torch.tensor([d.ids]), torch.tensor([0]))[0].float() for d in docs]
+
+
+def score(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
+    kl, top = [], []
+    for r, g in zip(ref, got):
+        lr, lg = torch.log_softmax(r.double(), -1), torch.log_softmax(g.double(), -1)
+        kl.append((lr.exp() * (lr - lg)).sum(-1))
+        top.append((r.argmax(-1) == g.argmax(-1)).double())
+    kl, top = torch.cat(kl), torch.cat(top)
+    return {"kld_mean": round(float(kl.mean()), 5), "kld_p99": round(float(kl.quantile(0.99)), 4),
+            "top1": round(float(top.mean()), 4), "tokens": int(kl.numel())}
+
+
+def parse_onnx(spec: str):
+    from smolship.targets.onnx.blockquant import BlockQuant
+
+    parts = spec.split(":")[1:]
+    method, block, eight = parts[0], 32, []
+    for p in parts[1:]:
+        if p.startswith("b"):
+            block = int(p[1:])
+        elif p.startswith("8="):
+            eight.append(p[2:])
+    return BlockQuant(4, block, False, method), BlockQuant(8, 32, False, "rtn"), eight
+
+
+def onnx_effective(source, spec: str, calib) -> tuple[dict, float]:
+    """State dict with every layer matrix replaced by what MatMulNBits computes; layer-weight MB estimate."""
+    from smolship.targets.onnx.blockquant import dequantize, quantize_offset, quantize_weight
+    from smolship.targets.onnx.recipes import EMBEDDING_8BIT
+
+    four, eight_cfg, eight = parse_onnx(spec)
+    sd = dict(source.state_dict)
+    mb = 0.0
+    for name, w in source.state_dict.items():
+        m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
+        if not m or m.group(2) not in FUSED:
+            continue
+        fused = f"layers.{m.group(1)}.{FUSED[m.group(2)]}"
+        cfg = eight_cfg if any(re.fullmatch(p, fused) for p in eight) else four
+        imp = calib.importance.get(fused) if calib else None
+        hes = calib.hessian.get(fused) if calib else None
+        wt = w.t().numpy()  # (K, N)
+        if cfg.offsets:
+            qz, p = quantize_offset(wt, cfg, importance=imp, hessian=hes)
+            d = dequantize(qz)
+            eff = d[:wt.shape[0]] + p @ d[wt.shape[0]:]
+            mb += (qz.packed.nbytes + qz.scales.nbytes + qz.zero_points.nbytes) / 1e6
+        else:
+            qz = quantize_weight(wt, cfg, importance=imp, hessian=hes)
+            eff = dequantize(qz)
+            mb += (qz.packed.nbytes + qz.scales.nbytes + (qz.zero_points.nbytes if qz.zero_points is not None else 0)) / 1e6
+        sd[name] = torch.from_numpy(np.ascontiguousarray(eff.T))
+    emb = source.state_dict["embed_tokens.weight"]
+    qe = quantize_weight(emb.t().numpy(), EMBEDDING_8BIT)
+    sd["embed_tokens.weight"] = torch.from_numpy(np.ascontiguousarray(dequantize(qe).T))
+    return sd, round(mb + (qe.packed.nbytes + qe.scales.nbytes) / 1e6, 1)
+
+
+def run_et(source, spec: str, docs, max_len: int):
+    from smolship.targets.executorch import quantize as Q
+    from smolship.targets.executorch.target import PLANS
+
+    name = spec.split(":", 1)[1]
+    if name in PLANS:
+        plan = PLANS[name]
+    else:  # et:<scheme>[:8=<regex>]... : layers by scheme, 8-bit (8da8w-rtn) on the regexes, the 8da4w head/embedding
+        parts = name.split(":")
+        rules = [(p[2:], Q.SCHEMES["8da8w-rtn"]) for p in parts[1:] if p.startswith("8=")]
+        plan = Q.QuantPlan(rules=(("lm_head", Q.W8DA8_RTN), *rules, (r".*", Q.SCHEMES[parts[0]])), embedding=Q.EMB4)
+    model = source.build(max_seq_len=max_len)
+    seqs = None
+    if plan.wants_gptq():
+        seqs = calibration_set(source, None, 4096, doc_tokens=256).sequences
+    Q.apply_plan(model, plan, seqs)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["default", "offgrid"])
+    ap.add_argument("--candidates", nargs="+", required=True)
+    ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--calib-tokens", type=int, default=4096)
+    ap.add_argument("--out", type=Path, default=Path("bench-results/offgrid_screen.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for mname in args.models:
+        source = load_model(SPECS.get(mname, mname))
+        docs = load_eval(source.tokenizer, max_tokens=args.eval_tokens)
+        max_len = max(len(d.ids) for d in docs) + 1
+        ref = logits_of(source.build(max_seq_len=max_len), docs)
+        calib = None
+        if any(c.startswith("onnx:") and c.split(":")[1] not in ("rtn", "offset") for c in args.candidates):
+            t0 = time.time()
+            cal = calibration_set(source, None, args.calib_tokens)
+            calib = collect(source, cal.sequences, want_hessian=True)
+            print(f"[{mname}] calibration {calib.tokens} tokens {time.time() - t0:.0f}s", flush=True)
+        for cand in args.candidates:
+            t0 = time.time()
+            if cand.startswith("onnx:"):
+                sd, mb = onnx_effective(source, cand, calib)
+                from smolship.exporter.model import Llama
+                model = Llama.with_weights(source.config, sd, max_seq_len=max_len)
+            else:
+                model, mb = run_et(source, cand, docs, max_len), None
+            row = {"model": mname, "candidate": cand, **score(ref, logits_of(model, docs)),
+                   "weights_mb": mb, "seconds": round(time.time() - t0, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    keep = [r for r in old if (r["model"], r["candidate"], r["tokens"]) not in
+            {(r2["model"], r2["candidate"], r2["tokens"]) for r2 in rows}]
+    args.out.write_text(json.dumps(envelope("benchmarks/offgrid_screen.py", {"eval_tokens": args.eval_tokens,
+                                                                             "calib_tokens": args.calib_tokens,
+                                                                             "argv": sys.argv[1:]}, keep + rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The shared quantization core (smolship/quant) and the one calibration-text policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smolship.exporter.calibration import HELD_OUT_DOCS, calibration_set, held_out_docs
+from smolship.quant import affine_minmax, affine_search, blocks_of, collect, gptq, symmetric_search
+from smolship.quant.grids import Grid
+from smolship.validation.evalset import load_eval
+
+DEFAULT_EVAL_TOKENS = 4096  # the CLI's --eval-tokens default (cli/common.py)
+
+
+def on_grid(n=8, k=64, bs=32, seed=0) -> torch.Tensor:
+    """Weights exactly on a Q4_1-like grid: w = d*q + m per block."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.rand(n, k // bs, 1, generator=g) * 0.02 + 0.001
+    m = -torch.rand(n, k // bs, 1, generator=g) * 0.1
+    q = torch.randint(0, 16, (n, k // bs, bs), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # the block's min and max are on the grid ends, as in a Q4_1 file
+    return (d * q + m).reshape(n, k)
+
+
+def weighted_err(w, deq, imp):
+    return float((((deq - w) ** 2) * imp).sum())
+
+
+def test_affine_minmax_reproduces_an_affine_grid():
+    w = on_grid()
+    b = blocks_of(w, 32)
+    grid = affine_minmax(b, 4)
+    torch.testing.assert_close(grid.dequant(grid.codes(b)), b, atol=1e-6, rtol=0)  # float32 arithmetic only
+
+
+def test_affine_search_beats_minmax_off_grid():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 128, generator=g)
+    imp = torch.rand(128, generator=g) ** 4 + 1e-3  # a few loud channels, as real activations have
+    b = blocks_of(w, 32)
+    for integer_zero in (False, True):
+        base = affine_minmax(b, 4, integer_zero=integer_zero, include_zero=integer_zero)
+        best = affine_search(b, 4, imp, integer_zero=integer_zero)
+        wimp = imp.reshape(1, -1, 32)
+        e0 = weighted_err(b, base.dequant(base.codes(b)), wimp)
+        e1 = weighted_err(b, best.dequant(best.codes(b)), wimp)
+        assert e1 < 0.9 * e0, (integer_zero, e0, e1)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_search_per_bit_width(bits):
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(16, 64, generator=g)
+    q, s = symmetric_search(w, bits, 32, search=True, bf16_scales=False)
+    qmax = 2 ** (bits - 1) - 1
+    assert int(q.max()) <= qmax and int(q.min()) >= -qmax - 1
+    rel = float(((q.float().reshape(16, 2, 32) * s[..., None]).reshape(16, 64) - w).pow(2).mean() / w.pow(2).mean())
+    assert rel < {4: 0.02, 8: 1e-4}[bits]  # ~uniform rounding noise: (step^2 / 12) / var(w)
+
+
+def test_gptq_lowers_output_error_on_a_fixed_grid():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 64, generator=g) @ torch.randn(64, 64, generator=g)  # correlated inputs
+    h = x.t() @ x / x.shape[0]
+    w = torch.randn(32, 64, generator=g)
+    b = blocks_of(w, 32)
+    grid = affine_search(b, 4, torch.diagonal(h))
+    rtn = grid.dequant(grid.codes(b)).reshape(32, 64)
+    codes = gptq(w, h, grid.column_rounder(32))
+    q = grid.dequant(blocks_of(codes, 32)).reshape(32, 64)
+    out_err = lambda wq: float(((x @ (wq - w).t()) ** 2).mean())  # noqa: E731
+    assert out_err(q) < 0.8 * out_err(rtn)
+    assert torch.equal(codes, codes.round()) and codes.min() >= 0 and codes.max() <= 15
+
+
+def test_collector_measures_the_inputs(tiny_model):
+    model = tiny_model.build(max_seq_len=64)
+    seqs = [[1, 5, 9, 200, 7, 3], [4, 4, 8]]
+    seen = []
+    hook = model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    stats = collect(model, seqs, {"down": "layers.0.mlp.down_proj"}, hessian_keys={"down"})
+    hook.remove()
+    x = torch.cat(seen).double()
+    assert stats.tokens == 9
+    torch.testing.assert_close(stats.importance["down"], (x * x).mean(0).float())
+    torch.testing.assert_close(torch.diagonal(stats.hessian["down"]), stats.importance["down"])
+
+
+@pytest.mark.parametrize("target", ["onnx", "executorch"])
+def test_targets_share_the_core_grid(target):
+    """The ONNX offset blocks and ExecuTorch's block offsets reproduce the same on-grid weight (one grid)."""
+    w = on_grid(16, 64)
+    if target == "onnx":
+        from smolship.targets.onnx.blockquant import BlockQuant, grid_and_codes
+
+        grid, codes = grid_and_codes(w, BlockQuant(4, 32, False, "offset"))
+        deq = grid.dequant(codes).reshape(w.shape)
+        tol = 1e-6
+    else:
+        pytest.importorskip("executorch")
+        from smolship.targets.executorch.quantize import asymmetric_int4_as_symmetric
+
+        q, s, c = asymmetric_int4_as_symmetric(w, 32)
+        deq = (q.float().reshape(16, 2, 32) * s[..., None] + c[..., None]).reshape(w.shape)
+        tol = float(w.abs().max()) * 2 ** -7  # the block scale is stored in bf16
+    torch.testing.assert_close(deq, w, atol=tol, rtol=0)
+
+
+def test_calibration_never_sees_the_default_parity_text(tiny_model):
+    tok = tiny_model.tokenizer
+    scored = {d.id for d in load_eval(tok, max_tokens=DEFAULT_EVAL_TOKENS)}
+    held = {d.id for d in held_out_docs(tok)}
+    assert len(held) == HELD_OUT_DOCS and not scored & held, sorted(scored & held)
+    for doc_tokens in (256, 512):  # ONNX / ExecuTorch pieces, GGUF imatrix chunks
+        cal = calibration_set(tiny_model, None, 4096, doc_tokens=doc_tokens)
+        assert set(cal.record["documents"]) <= held and not set(cal.record["documents"]) & scored
+        assert cal.record["tokens"] == sum(map(len, cal.sequences)) > 2048
+        scored_ids = {tuple(d.ids[:64]) for d in load_eval(tok, max_tokens=DEFAULT_EVAL_TOKENS)}
+        assert not any(tuple(s[:64]) in scored_ids for s in cal.sequences)
+    user = calibration_set(tiny_model, "Some user text. " * 200, 1000, doc_tokens=128)
+    assert user.record == {"text": "ExportOptions.calibration_text", "tokens": sum(map(len, user.sequences))}
+    assert user.record["tokens"] <= 1000
+
+
+def test_grid_column_rounder_matches_codes():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(8, 64, generator=g)
+    grid: Grid = affine_search(blocks_of(w, 32), 4)
+    rnd = grid.column_rounder(32)
+    codes = torch.stack([rnd(j, w[:, j])[0] for j in range(64)], 1)
+    assert torch.equal(codes, grid.codes(blocks_of(w, 32)).reshape(8, 64))
