@@ -10,7 +10,7 @@ import typer
 
 from smolship.bundle import check_output_folder
 from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, console, out_console, print_json
-from smolship.cli.report_view import bundle_rows_table
+from smolship.cli.report_view import bundle_rows_table, columns_for_width
 from smolship.errors import SmolshipError
 from smolship.export import bundle_name
 from smolship.targets import TARGET_NAMES, ExportOptions, get_target, resolve_recipe
@@ -70,6 +70,12 @@ def export(
         raise SmolshipError("--max-kld needs measured parity, but --no-validate turns measurement off.",
                             "Drop --no-validate (or drop --max-kld).")
     pairs = plan(targets, quant)
+    # numeric options and memory, before any work (issue 17; smolship/preflight.py)
+    from smolship.preflight import check_export
+
+    max_seq_len, notes = check_export(model, targets, max_seq_len, eval_tokens, threads, jobs, max_kld, validate)
+    for note in notes:
+        console.print(f"[yellow]Note:[/] {note}")
     check_output_folder(out)
     existed = out.exists()
     if max_kld is None:
@@ -107,7 +113,8 @@ def export(
     if json_out:
         print_json({**(report or {}), "failures": [{"target": o.target, "error": o.error} for o in failed]})
     elif report:
-        out_console.print(bundle_rows_table(report["rows"], f"smolship export: {report['source']}"))
+        out_console.print(bundle_rows_table(report["rows"], f"smolship export: {report['source']}",
+                                            columns_for_width(out_console.width)))
         out_console.print(f"Report: {(out / 'report.html').resolve()}  (also report.md, report.json; "
                           f"libraries' output in {out}/export-<target>.log)", highlight=False, soft_wrap=True)
     for o in failed:

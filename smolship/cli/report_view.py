@@ -8,6 +8,14 @@ COLUMNS = ["bundle", "size_mb", "kld_mean", "top1_agreement", "max_abs_logit_dif
            "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb", "runtime_ran"]
 
 
+# What fits an 80-column terminal: the figures a person checks first (report.md / --json have them all).
+COMPACT_COLUMNS = ["bundle", "size_mb", "kld_mean", "top1_agreement", "greedy_match", "decode_tok_s", "runtime_ran"]
+
+
+def columns_for_width(width: int) -> list[str]:
+    return COLUMNS if width >= 150 else COMPACT_COLUMNS
+
+
 def bundle_rows_table(rows: list[dict], title: str, columns: list[str] = COLUMNS):
     short = {"top1_agreement": "top1", "max_abs_logit_diff": "max|Δlogit|", "greedy_match": "greedy",
              "prefill_tok_s": "prefill tok/s", "decode_tok_s": "decode tok/s", "peak_rss_mb": "peak RSS MB",
