@@ -8,7 +8,8 @@ OUT     ?= out
 # No comment on the assignment line: Make keeps the spaces before a trailing comment in the value,
 # and cmake refused CMAKE_BUILD_PARALLEL_LEVEL='2   ' (the first-command failure of issue 13).
 CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
-export CMAKE_BUILD_PARALLEL_LEVEL := $(strip $(CMAKE_BUILD_PARALLEL_LEVEL))
+override CMAKE_BUILD_PARALLEL_LEVEL := $(strip $(CMAKE_BUILD_PARALLEL_LEVEL))
+export CMAKE_BUILD_PARALLEL_LEVEL
 # Per-test limit (seconds): the slowest real-model test, with its session export, takes ~4 min here.
 TEST_TIMEOUT ?= 1200
 PIP     := $(PY) -m pip --disable-pip-version-check

@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 NEEDED_PYTHON = (3, 11)
-# Measured on a fresh clone: .venv 7.6 GB, `make demo`'s out/ 1.7 GB, pip's build scratch ~1.5 GB.
-SETUP_GB = 10.0
+# Measured on a fresh clone (Dec 2026): .venv 2.3 GB (+ browser test packages), pip's build scratch under
+# TMPDIR ~1 GB while llama.cpp compiles; `make demo`'s out/ is measured in the README.
+SETUP_GB = 5.0
 DEMO_GB = 3.0
 
 
