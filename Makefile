@@ -14,7 +14,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL
 TEST_TIMEOUT ?= 1200
 PIP     := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup demo test test-fast check-machine clean
+.PHONY: setup setup-js demo test test-fast check-machine clean
 
 check-machine:
 	@$(PYTHON) scripts/check_machine.py setup $(PYTHON)
@@ -27,10 +27,19 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: the CPU build of 2.13.0 (executorch 1.5.1 links against exactly this libtorch)
 	$(PIP) install torch==2.13.0 >> $(VENV)/setup.log 2>&1 || { tail -30 $(VENV)/setup.log; exit 1; }
 	$(PIP) install -e '.[all]' >> $(VENV)/setup.log 2>&1 || { tail -40 $(VENV)/setup.log; echo "setup failed: full log in $(VENV)/setup.log"; exit 1; }
-	@if [ -x examples/setup-js.sh ]; then examples/setup-js.sh >> $(VENV)/setup.log 2>&1 || { tail -30 $(VENV)/setup.log; echo "JS setup failed: full log in $(VENV)/setup.log"; exit 1; }; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The browser and Node tests need Debian's chromium and the examples' npm packages (from their lockfiles);
+# `make demo` does not.
+JS_STAMP := $(VENV)/.smolship-js-installed
+$(JS_STAMP): $(STAMP) $(wildcard examples/setup-js.sh examples/*/package-lock.json)
+	@if [ -x examples/setup-js.sh ]; then echo "smolship setup: chromium + npm packages for the browser / Node tests (log in $(VENV)/setup-js.log)"; \
+	  examples/setup-js.sh > $(VENV)/setup-js.log 2>&1 || { tail -30 $(VENV)/setup-js.log; echo "JS setup failed: full log in $(VENV)/setup-js.log"; exit 1; }; fi
+	touch $(JS_STAMP)
+
+setup-js: $(JS_STAMP)
 
 demo: setup
 	@$(PY) scripts/check_machine.py demo
@@ -38,7 +47,7 @@ demo: setup
 	$(VENV)/bin/smolship chat --prompt "What is the capital of France?"
 	$(VENV)/bin/smolship export --out $(OUT) --force
 
-test: setup
+test: setup setup-js
 	$(PY) -m pytest -q --durations=30 --timeout=$(TEST_TIMEOUT)
 
 test-fast: setup
