@@ -2,7 +2,10 @@
 and a versioned manifest.json listing every file with its sha256 plus the measured validation results.
 
 Bundles are written atomically: everything goes into a hidden temporary sibling folder that is renamed
-into place only after the artifact, tokenizer files, manifest and validation are complete.
+into place only after the artifact, tokenizer files, manifest and validation are complete. A lock file
+per bundle (`OUT/.<name>.lock`, fcntl through `filelock`) keeps two exports of one bundle apart; each
+partial folder records its owner (host, pid, process start time) so the next export into OUT removes
+the debris of a killed one; the published folder gets the permissions of the umask, like `mkdir`.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -22,6 +27,8 @@ from smolship.exporter.sources import sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+OWNER = ".smolship-owner.json"  # inside a partial folder: who is writing it (never part of a bundle)
+log = logging.getLogger("smolship")
 
 
 def check_output_folder(out: Path) -> None:
@@ -35,36 +42,137 @@ def check_output_folder(out: Path) -> None:
                             "Choose another --out folder or fix its permissions.")
 
 
+def _umask() -> int:
+    try:  # Linux reports it without changing it (os.umask would, for a moment, in every thread)
+        for line in open("/proc/self/status"):
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _owner_alive(owner: dict) -> bool | None:
+    """True/False for a partial folder written on this host; None when that cannot be known."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return None
+    started, recorded = _process_start(owner["pid"]), owner.get("started")
+    if started is None:
+        return False
+    # a live pid with another start time is a reused pid: the writer itself is gone
+    return not isinstance(recorded, (int, float)) or abs(started - recorded) < 1.0
+
+
+def stale_partials(out: Path) -> tuple[list[Path], list[Path]]:
+    """(dead, unknown) partial folders under `out`: dead ones were left by a process of this host that
+    no longer runs; unknown ones have no owner record, or another host's, and are only reported."""
+    dead, unknown = [], []
+    if not Path(out).is_dir():
+        return dead, unknown
+    for p in sorted(Path(out).iterdir()):
+        if not (p.name.startswith(".") and p.is_dir() and (".partial-" in p.name or ".old-" in p.name)):
+            continue
+        try:
+            owner = json.loads((p / OWNER).read_text())
+        except (OSError, ValueError):
+            owner = {}
+        alive = _owner_alive(owner) if isinstance(owner, dict) else None
+        if alive is False:
+            dead.append(p)
+        elif alive is None:
+            unknown.append(p)
+    return dead, unknown
+
+
+def sweep_partials(out: Path) -> list[Path]:
+    """Remove partial folders of dead exports of this host; warn about those we cannot vouch for."""
+    dead, unknown = stale_partials(out)
+    for p in dead:
+        shutil.rmtree(p, ignore_errors=True)
+        log.warning("Removed %s, left by an export that was killed.", p)
+    if unknown:
+        log.warning("Partial bundle folders of unknown owner (another host, or an older smolship): %s. "
+                    "If no export is writing them, remove them with: rm -rf %s",
+                    ", ".join(map(str, unknown)), " ".join(f"'{p}'" for p in unknown))
+    return dead
+
+
+def _write_owner(folder: Path) -> None:
+    pid = os.getpid()
+    (folder / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": pid,
+                                            "started": _process_start(pid)}))
+
+
+@contextlib.contextmanager
+def bundle_lock(final: Path):
+    """Hold OUT/.<name>.lock while `final` is written; a second writer fails at once, naming the first."""
+    from filelock import FileLock, Timeout
+
+    final = Path(final)
+    path = final.with_name(f".{final.name}.lock")
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        writers = [p for p in final.parent.glob(f".{final.name}.partial-*") if (p / OWNER).is_file()]
+        who = "; ".join((p / OWNER).read_text() for p in writers[:2]) or "unknown process"
+        raise SmolshipError(f"Another smolship export is writing '{final}' right now ({who}).",
+                            "Wait for it to finish, or export into another --out folder.") from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: filelock re-checks the inode of a late waiter
+        lock.release()
+
+
 @contextlib.contextmanager
 def atomic_bundle(final: Path, force: bool = False):
-    """Yield a temporary folder; on success rename it to `final`, on any failure delete it."""
+    """Yield a temporary folder; on success rename it to `final`, on any failure delete it.
+
+    The bundle's lock is held throughout; debris of killed exports in the same folder is swept first."""
     final = Path(final)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        if not force:
-            raise SmolshipError(f"The bundle folder '{final}' already exists and is not empty.",
-                                "Pass --force to replace it, or choose another --out folder.")
     check_output_folder(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with bundle_lock(final):
+        if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            if not force:
+                raise SmolshipError(f"The bundle folder '{final}' already exists and is not empty.",
+                                    "Pass --force to replace it, or choose another --out folder.")
+        sweep_partials(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        try:
+            _write_owner(tmp)
+            yield tmp
+            (tmp / OWNER).unlink(missing_ok=True)
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; the bundle follows the umask like mkdir
+            if final.exists():
+                old = final.with_name(f".{final.name}.old-{os.getpid()}")
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def file_table(folder: Path) -> dict[str, dict]:
     """Every file in the bundle except the manifest, with size and sha256 (sub-folders included)."""
     table = {}
     for p in sorted(Path(folder).rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.name not in (MANIFEST, OWNER):
             rel = p.relative_to(folder).as_posix()
             table[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     return table
@@ -134,3 +242,14 @@ def verify_files(bundle: Path, manifest: dict) -> list[str]:
         if not p.is_file() or sha256_file(p) != info["sha256"]:
             bad.append(rel)
     return bad
+
+
+def verify_bundle(bundle: Path, manifest: dict | None = None) -> dict:
+    """Read the manifest and check every file's sha256 against it before anything loads the bundle."""
+    manifest = manifest or read_manifest(bundle)
+    bad = verify_files(bundle, manifest)
+    if bad:
+        raise SmolshipError(f"Bundle '{bundle}' was modified after export: {', '.join(bad[:5])}"
+                            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''} no longer match manifest.json.",
+                            "Re-export the bundle (never edit files inside it), or pass --no-verify to load it anyway.")
+    return manifest

@@ -7,20 +7,21 @@ from typing import Optional
 
 import typer
 
-from smolship.cli.common import ThreadsOpt, console, out_console
+from smolship.cli.common import ThreadsOpt, VerifyOpt, console, open_bundle, out_console
 from smolship.generate import Sampling, generate_text
 
 
-def open_chat(model_or_bundle: str | None, threads: int | None):
-    """(runner, tokenizer, label) for a bundle folder (its real runtime) or a model (PyTorch reference)."""
-    from smolship.bundle import MANIFEST, read_manifest
+def open_chat(model_or_bundle: str | None, threads: int | None, verify: bool = True):
+    """(runner, tokenizer, label) for a bundle folder (its real runtime, files verified first) or a model
+    (PyTorch reference)."""
+    from smolship.bundle import MANIFEST
     from smolship.exporter.tokenizer import ChatTokenizer
 
     if model_or_bundle and (Path(model_or_bundle) / MANIFEST).is_file():
         from smolship.targets import get_target
 
         bundle = Path(model_or_bundle)
-        manifest = read_manifest(bundle)
+        manifest = open_bundle(bundle, verify)
         target = get_target(manifest["target"])
         ok, why = target.can_run()
         if not ok:
@@ -45,9 +46,13 @@ def chat(
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
     threads: Optional[int] = ThreadsOpt,
+    verify: bool = VerifyOpt,
 ):
     """Chat with MODEL using its own chat template and stop tokens."""
-    runner, tok, label = open_chat(model, threads)
+    from smolship.preflight import check_chat
+
+    check_chat(max_new_tokens, temperature, top_p, threads)
+    runner, tok, label = open_chat(model, threads, verify)
     sampling = Sampling(temperature, top_p, seed)
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
 

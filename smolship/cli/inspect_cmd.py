@@ -1,4 +1,8 @@
-"""`smolship inspect`: what a bundle (or a model) holds, with file integrity checked."""
+"""`smolship inspect`: what a bundle (or a model) holds, with file integrity checked.
+
+`smolship inspect BUNDLE --verify` is the CI form: it only checks every file's sha256 against
+manifest.json and exits 0 (all match), 1 (a file changed or is missing) or 2 (not a bundle, bad usage).
+"""
 
 from __future__ import annotations
 
@@ -22,16 +26,31 @@ def model_summary(spec: str | None) -> dict:
 def inspect(
     what: str = typer.Argument(None, help="Bundle folder, or a model spec (default: the bundled model)."),
     json_out: bool = JsonOpt,
+    verify: bool = typer.Option(False, "--verify", help="Only check the bundle's files against manifest.json; "
+                                "exit 0 if all match, 1 if any changed, 2 on bad usage (for CI scripts)."),
 ):
     """Show a bundle's manifest (files verified by sha256) or a model's summary."""
     from smolship.bundle import MANIFEST, read_manifest, verify_files
+    from smolship.errors import SmolshipError
 
+    if verify and not (what and (Path(what) / MANIFEST).is_file()):
+        raise SmolshipError(f"--verify needs a bundle folder, and '{what}' has no {MANIFEST}.",
+                            "Pass a folder written by `smolship export`, e.g. out/gguf-q8_0.")
     if what and (Path(what) / MANIFEST).is_file():
         manifest = read_manifest(Path(what))
         bad = verify_files(Path(what), manifest)
+        if verify:
+            if json_out:
+                print_json({"bundle": what, "ok": not bad, "mismatched": bad, "files": len(manifest["files"])})
+            else:
+                out_console.print(f"{what}: {len(manifest['files'])} files, " + (
+                    "all match manifest.json" if not bad else f"MISMATCH: {', '.join(bad)}"), highlight=False)
+            raise typer.Exit(1 if bad else 0)
         info = {**manifest, "integrity": {"ok": not bad, "mismatched": bad}}
         if json_out:
             print_json(info)
+            if bad:
+                raise typer.Exit(1)
             return
         v = manifest.get("validation") or {}
         rows = [["target", manifest["target"]], ["recipe", manifest["quant"]["recipe"]],

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from smolship.bundle import read_manifest, verify_files
-from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, out_console, print_json, progress_bar
+from smolship.cli.common import (EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, VerifyOpt, open_bundle, out_console,
+                                 print_json, progress_bar)
 from smolship.cli.report_view import bundle_rows_table
 from smolship.errors import SmolshipError
 from smolship.targets import get_target
@@ -17,16 +17,8 @@ from smolship.validation.report import bundle_row, machine_info
 from smolship.validation.validate import ValidationSettings, Validator, source_for
 
 
-def _manifests(bundles: list[Path]) -> list[dict]:
-    manifests = []
-    for b in bundles:
-        m = read_manifest(b)
-        bad = verify_files(b, m)
-        if bad:
-            raise SmolshipError(f"Bundle '{b}' was modified after export: {', '.join(bad[:5])} no longer match manifest.json.",
-                                "Re-export the bundle; never edit files inside it.")
-        manifests.append(m)
-    return manifests
+def _manifests(bundles: list[Path], verify: bool = True) -> list[dict]:
+    return [open_bundle(b, verify) for b in bundles]
 
 
 def validate(
@@ -42,9 +34,13 @@ def validate(
     min_decode_tok_s: Optional[float] = typer.Option(None, "--min-decode-tok-s", help="Gate: lowest allowed decode tok/s."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML (one test case per bundle)."),
     json_out: bool = JsonOpt,
+    verify: bool = VerifyOpt,
 ):
     """Measure each bundle against the PyTorch reference in its real runtime (and gate it with --gate)."""
-    manifests = _manifests(bundles)
+    from smolship.preflight import check_validate
+
+    check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file)
+    manifests = _manifests(bundles, verify)
     settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
                                   latency=LatencySettings(threads=threads))
     validators: dict[str, Validator] = {}
@@ -90,12 +86,16 @@ def bench(
     reference: bool = typer.Option(False, "--reference", help="Also measure the PyTorch reference runner."),
     model: Optional[str] = typer.Option(None, "--model", help="Reference model when no bundle is given (default: bundled model)."),
     json_out: bool = JsonOpt,
+    verify: bool = VerifyOpt,
 ):
     """Latency of each bundle in its real runtime: prefill/decode tok/s, TTFT, peak RSS, size."""
+    from smolship.preflight import check_bench
+
     bundles = bundles or []
     if not bundles and not reference:
         raise SmolshipError("Nothing to measure.", "Pass bundle folders, or --reference for the PyTorch reference runner.")
-    manifests = _manifests(bundles)
+    check_bench(runs, threads or [])
+    manifests = _manifests(bundles, verify)
     rows = []
     for t in threads or [None]:
         settings = LatencySettings(runs=runs, threads=t)

@@ -6,7 +6,10 @@ for `random:` models (tests, scaling benchmarks) when the real weights are not a
 
 from __future__ import annotations
 
+import json
+import numbers
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,12 @@ class LlamaConfig:
     tie_word_embeddings: bool = True
 
     def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+                raise ValueError(f"{f.name}={v!r} must be a positive integer")
+            if f.type == "float" and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < float("inf")):
+                raise ValueError(f"{f.name}={v!r} must be a positive finite number")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
 
@@ -82,6 +91,34 @@ class LlamaConfig:
             "mlp_bias": False,
             "torch_dtype": "float32",
         }
+
+
+def read_hf_config(path: Path) -> tuple[dict, LlamaConfig]:
+    """A Hugging Face config.json -> (raw dict, LlamaConfig); anything malformed is a SmolshipError."""
+    from smolship.errors import SmolshipError
+
+    def bad(why: str) -> SmolshipError:
+        return SmolshipError(f"'{path}' is not a usable config.json: {why}.",
+                             "Re-download the model folder, or fix config.json (a transformers LlamaConfig).")
+    try:
+        hf = json.loads(Path(path).read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError / UnicodeDecodeError are ValueErrors
+        raise bad(f"not JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(hf, dict):
+        raise bad(f"it holds a JSON {type(hf).__name__}, not an object")
+    archs = hf.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else "?"
+    if hf.get("model_type") != "llama" or arch != "LlamaForCausalLM":
+        raise SmolshipError(
+            f"'{Path(path).parent}' holds a '{hf.get('model_type')}' model ({arch}); smolship exports Llama-architecture decoders only.",
+            "Pass a LlamaForCausalLM checkpoint such as HuggingFaceTB/SmolLM2-360M-Instruct.",
+        )
+    try:
+        return hf, LlamaConfig.from_hf(hf)
+    except KeyError as e:
+        raise bad(f"the key {e} is missing") from None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise bad(f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
 # Published SmolLM2 configs (all tied, head_dim 64, vocab 49152).

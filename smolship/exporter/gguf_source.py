@@ -7,6 +7,7 @@ bit for bit when its requested type equals its source type.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,84 @@ def _bad_gguf(path: Path, why: str) -> SmolshipError:
     )
 
 
+# GGUF value types (gguf-py's GGUFValueType) -> bytes; 8 = string, 9 = array
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+MAX_ARRAY = 1 << 20  # metadata array elements: vocabularies and merges are ~10^5
+MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+def prescan_gguf(path: Path) -> None:
+    """Walk the header with every length checked against the file before gguf-py parses it.
+
+    gguf-py reads arrays one element at a time and reads past the end as empty, so an array that claims
+    2^60 elements makes it loop (and allocate) forever; found by tests/fuzz (corpus/gguf/crash-*)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        def take(n: int) -> bytes:
+            b = f.read(n)
+            if len(b) != n:
+                raise ValueError("the header is truncated")
+            return b
+
+        def skip(n: int, what: str) -> None:
+            if n > size - f.tell():
+                raise ValueError(f"{what} claims {n} bytes, past the end of the file")
+            f.seek(n, 1)
+
+        def text(what: str) -> str:
+            n = u64()
+            if n > size - f.tell():
+                raise ValueError(f"{what} claims {n} bytes, past the end of the file")
+            return take(n).decode("utf-8", "replace")
+
+        u32 = lambda: struct.unpack("<I", take(4))[0]  # noqa: E731
+        u64 = lambda: struct.unpack("<Q", take(8))[0]  # noqa: E731
+
+        def value(kind: int, key: str, in_array: bool = False) -> None:
+            if kind in _SCALAR_BYTES:
+                skip(_SCALAR_BYTES[kind], f"metadata '{key}'")
+            elif kind == _STRING:
+                skip(u64(), f"a string in metadata '{key}'")
+            elif kind == _ARRAY and not in_array:
+                item, n = u32(), u64()
+                if n > MAX_ARRAY:
+                    raise ValueError(f"metadata '{key}' claims an array of {n} elements (at most {MAX_ARRAY})")
+                if item in _SCALAR_BYTES:
+                    skip(n * _SCALAR_BYTES[item], f"metadata '{key}'")
+                elif item == _STRING:
+                    if 8 * n > size - f.tell():
+                        raise ValueError(f"metadata '{key}' claims {n} strings, past the end of the file")
+                    for _ in range(n):
+                        value(_STRING, key, True)
+                else:
+                    raise ValueError(f"metadata '{key}' is an array of value type {item}")
+            else:
+                raise ValueError(f"metadata '{key}' has value type {kind}")
+
+        take(4)
+        version = u32()
+        if version not in (2, 3):
+            raise ValueError(f"it is GGUF version {version}; versions 2 and 3 are read")
+        n_tensors, n_kv = u64(), u64()
+        if 12 * n_kv + 24 * n_tensors > size:
+            raise ValueError(f"it claims {n_kv} metadata keys and {n_tensors} tensors, more than {size} bytes hold")
+        for _ in range(n_kv):
+            key = text("a metadata key")
+            value(u32(), key)
+        for _ in range(n_tensors):
+            name = text("a tensor name")
+            dims = u32()
+            if not 1 <= dims <= MAX_DIMS:
+                raise ValueError(f"tensor '{name}' has {dims} dimensions (1..{MAX_DIMS})")
+            elements = 1
+            for d in struct.unpack(f"<{dims}Q", take(8 * dims)):
+                elements *= d  # Python ints: no overflow
+            if elements > 8 * size:  # every GGML type takes more than one bit per element
+                raise ValueError(f"tensor '{name}' claims {elements} elements, more than a {size}-byte file holds")
+            take(12)
+
+
 def open_gguf(path: Path) -> GGUFFile:
     """Parse header, metadata and tensor table; reject truncated or foreign files with a clear error."""
     import gguf
@@ -48,6 +127,10 @@ def open_gguf(path: Path) -> GGUFFile:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise _bad_gguf(path, f"it starts with {magic!r}, not the GGUF magic b'GGUF'")
+    try:
+        prescan_gguf(path)
+    except ValueError as e:
+        raise _bad_gguf(path, str(e)) from None
     try:
         reader = gguf.GGUFReader(path, "r")
     except Exception as e:  # gguf-py raises ValueError/IndexError/struct errors on corrupt headers
@@ -101,9 +184,22 @@ def dequantize_tensor(t) -> np.ndarray:
 
 
 def load_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], ChatTokenizer, GGUFFile]:
+    """Config, fp32 weights and tokenizer of a GGUF file; a malformed file is a SmolshipError, whatever
+    part of it is wrong (the fuzz harness tests/fuzz/harnesses.py holds this to account)."""
     g = open_gguf(path)
-    cfg = config_from_gguf(g)
-    tok = tokenizer_from_gguf_fields(g.fields)
+    try:
+        cfg = config_from_gguf(g)
+        tok = tokenizer_from_gguf_fields(g.fields)
+        return cfg, _read_tensors(g, cfg), tok, g
+    except (SmolshipError, MemoryError):
+        raise
+    except KeyError as e:
+        raise _bad_gguf(g.path, f"the metadata key or tensor {e} is missing") from None
+    except Exception as e:  # wrong types, shapes or values deep in the metadata: name them, never crash
+        raise _bad_gguf(g.path, f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _read_tensors(g: GGUFFile, cfg: LlamaConfig) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for name, t in g.tensors.items():
         try:
@@ -116,4 +212,4 @@ def load_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], ChatTok
         elif name.endswith("attn_k.weight"):
             w = unpermute_qk(w, cfg.num_kv_heads)
         state[ours] = torch.from_numpy(np.array(w, dtype=np.float32, copy=True))
-    return cfg, state, tok, g
+    return state

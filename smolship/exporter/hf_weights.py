@@ -15,8 +15,13 @@ from smolship.exporter.naming import hf_to_ours
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+# bytes per element of the safetensors dtypes a checkpoint's weights can use
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
 def check_safetensors_header(path: Path) -> dict:
-    """Validate the JSON header against the file size before any library maps the file."""
+    """Validate the JSON header against the file size before any library maps the file: every tensor's
+    dtype, shape and byte range must agree, so a header claiming 10^12 elements fails here, unallocated."""
     size = os.path.getsize(path)
     bad = lambda why: SmolshipError(  # noqa: E731
         f"'{path}' is not a valid safetensors file: {why}.",
@@ -30,18 +35,31 @@ def check_safetensors_header(path: Path) -> dict:
             raise bad(f"its header claims {n} bytes but the file has {size}")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise bad(f"its header is not JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or nested too deep
+            raise bad(f"its header is not JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(header, dict):
+        raise bad(f"its header is a JSON {type(header).__name__}, not an object")
     data_len = size - 8 - n
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            start, end = info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor '{name}' has no data_offsets") from None
+        if not isinstance(info, dict):
+            raise bad(f"tensor '{name}' has no dtype/shape/data_offsets entry")
+        offsets, shape, dtype = info.get("data_offsets"), info.get("shape"), info.get("dtype")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise bad(f"tensor '{name}' has no valid data_offsets")
+        start, end = offsets
         if not (0 <= start <= end <= data_len):
             raise bad(f"tensor '{name}' claims bytes {start}..{end} but only {data_len} data bytes exist")
+        if dtype not in DTYPE_BYTES:
+            raise bad(f"tensor '{name}' has dtype {str(dtype)[:20]!r}, not one of {', '.join(DTYPE_BYTES)}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise bad(f"tensor '{name}' has no valid shape")
+        elements = 1
+        for d in shape:  # Python ints: no overflow, and nothing is allocated
+            elements *= d
+        if elements * DTYPE_BYTES[dtype] != end - start:
+            raise bad(f"tensor '{name}' claims {elements} {dtype} elements but {end - start} bytes")
     return header
 
 
@@ -75,8 +93,12 @@ def read_weights(folder: Path, files: list[Path] | None = None) -> tuple[dict[st
     if files is None:
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            files = [folder / n for n in names]
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                files = [folder / Path(n).name for n in names]  # never outside the folder
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
+                raise SmolshipError(f"'{index}' is malformed ({type(e).__name__}).",
+                                    "Re-download the model folder.") from None
         else:
             files = sorted(folder.glob("*.safetensors")) or sorted(
                 p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -7,12 +7,13 @@ prompt a bundle sees equals `apply_chat_template` on the original model.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from smolship.errors import SmolshipError
@@ -70,12 +71,19 @@ class ChatTokenizer:
                 "This model has no chat template, so a chat prompt cannot be rendered.",
                 "Use a plain text prompt, or load an instruct model whose source carries a chat template.",
             )
-        return _compile(self.chat_template).render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.token(self.bos_id) or "",
-            eos_token=self.token(self.eos_id) or "",
-        )
+        try:
+            return _compile(self.chat_template).render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.token(self.bos_id) or "",
+                eos_token=self.token(self.eos_id) or "",
+            )
+        except MemoryError:
+            raise
+        except Exception as e:  # TemplateError, SecurityError, or a TypeError/ZeroDivisionError... in the template
+            raise SmolshipError(f"The model's chat template could not be rendered ({type(e).__name__}: {str(e)[:200]}).",
+                                "Fix the chat_template in tokenizer_config.json (or the GGUF metadata), "
+                                "or use a plain text prompt.") from None
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         # The template writes any BOS itself; never add a second one.
@@ -115,27 +123,38 @@ class ChatTokenizer:
                 f"No tokenizer.json in {folder}.",
                 "smolship needs a fast tokenizer: save it with transformers (tokenizer.save_pretrained) first.",
             )
-        tok = Tokenizer.from_file(str(tj))
-        cfg_path = folder / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        try:
+            tok = Tokenizer.from_file(str(tj))
+        except Exception as e:  # the tokenizers library raises plain Exceptions on malformed files
+            raise SmolshipError(f"{tj} is not a tokenizer the tokenizers library can read ({str(e)[:200]}).",
+                                "Re-download it, or save it again with tokenizer.save_pretrained.") from None
+        cfg = _json_object(folder / "tokenizer_config.json")
         if generation_config is None:
-            gpath = folder / "generation_config.json"
-            generation_config = json.loads(gpath.read_text()) if gpath.is_file() else {}
+            generation_config = _json_object(folder / "generation_config.json")
         template = cfg.get("chat_template")
         tpl_file = folder / "chat_template.jinja"
         if template is None and tpl_file.is_file():
-            template = tpl_file.read_text()
+            template = tpl_file.read_text(errors="replace")
         if isinstance(template, list):  # transformers' named-template form
-            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+            named = [t for t in template if isinstance(t, dict) and isinstance(t.get("template"), str)]
+            template = next((t["template"] for t in named if t.get("name") == "default"), named[0]["template"] if named else None)
+        if template is not None and not isinstance(template, str):
+            raise SmolshipError(f"chat_template in {folder / 'tokenizer_config.json'} is a {type(template).__name__}, not text.",
+                                "Fix tokenizer_config.json: chat_template must be a Jinja string.")
+        vocab = tok.get_vocab_size(with_added_tokens=True)
 
         def tok_id(key: str) -> int | None:
             val = cfg.get(key)
             if isinstance(val, dict):
                 val = val.get("content")
-            return tok.token_to_id(val) if val else None
+            return tok.token_to_id(val) if isinstance(val, str) and val else None
 
         eos = generation_config.get("eos_token_id")
         eos_list = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        ids = eos_list + [generation_config.get("bos_token_id")]
+        if any(i is not None and (type(i) is not int or not 0 <= i < vocab) for i in ids):
+            raise SmolshipError(f"generation_config.json in {folder} names token ids {ids} outside the vocabulary (0..{vocab - 1}).",
+                                "Fix eos_token_id / bos_token_id in generation_config.json.")
         eos_id = tok_id("eos_token") if tok_id("eos_token") is not None else (eos_list[0] if eos_list else None)
         if eos_id is None:
             raise SmolshipError(f"Cannot find the end-of-sequence token in {folder}.",
@@ -160,14 +179,79 @@ class ChatTokenizer:
         }
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON object file, {} when absent; malformed -> SmolshipError naming the file."""
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise SmolshipError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:120]}).",
+                            "Re-download the model folder, or fix that file.") from None
+    if not isinstance(obj, dict):
+        raise SmolshipError(f"{path} holds a JSON {type(obj).__name__}, not an object.", "Re-download the model folder.")
+    return obj
+
+
 def _raise(message: str):
     raise jinja2.exceptions.TemplateError(message)
 
 
+# A chat template comes with the model, so it is untrusted input: besides the sandbox (no attribute
+# escapes, range() <= 100,000 items), no value it builds may exceed MAX_TEMPLATE_SIZE items or
+# characters, and no integer MAX_TEMPLATE_BITS bits, so a 20-byte template cannot allocate gigabytes.
+MAX_TEMPLATE_SIZE = 1_000_000
+MAX_TEMPLATE_BITS = 4096
+
+
+def _check_size(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > MAX_TEMPLATE_BITS:
+            raise SecurityError(f"the template builds an integer of {value.bit_length()} bits")
+    elif isinstance(value, (str, list, tuple, dict)) and len(value) > MAX_TEMPLATE_SIZE:
+        raise SecurityError(f"the template builds a {type(value).__name__} of {len(value):,} items")
+    return value
+
+
+def _check_args(args, kwargs):
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_TEMPLATE_SIZE:
+            raise SecurityError(f"the template passes {a} where at most {MAX_TEMPLATE_SIZE:,} is allowed")
+
+
+class _ChatSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox transformers uses, plus bounded sizes for what * ** + and calls may build."""
+
+    intercepted_binops = frozenset(["*", "**", "+"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, int) and isinstance(left, int) and \
+                abs(left) > 1 and right * max(1, abs(left).bit_length()) > MAX_TEMPLATE_BITS:
+            raise SecurityError(f"the template computes {left} ** {right}")
+        if operator == "*":  # check the size before building it
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_TEMPLATE_SIZE:
+                    raise SecurityError(f"the template repeats a {type(seq).__name__} {n} times")
+        return _check_size(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's own signature
+        _check_args(args, kwargs)
+        return _check_size(super().call(__context, __obj, *args, **kwargs))
+
+
+def _bounded_filter(f):
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        _check_args(args[1:] if getattr(f, "jinja_pass_arg", None) else args, kwargs)
+        return _check_size(f(*args, **kwargs))
+    return run
+
+
 def _compile(template: str) -> jinja2.Template:
-    """Jinja set up as transformers does for chat templates."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    """Jinja set up as transformers does for chat templates, with bounded sizes (above)."""
+    env = _ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
+    env.filters = {name: _bounded_filter(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = _raise
     return env.from_string(template)
 

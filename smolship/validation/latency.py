@@ -1,6 +1,10 @@
 """Latency of a Runner: prefill tok/s (128-token prompt), decode tok/s (128 new tokens), time to first
 token; median over several runs after one warm-up. Peak RSS comes from a fresh worker process
 (`python -m smolship.validation.bench_worker`) so one bundle's memory never leaks into another's.
+
+A figure measured on a busy machine is marked, not published as fact: each measurement records the
+spread of its timed runs and how much of the machine other processes used meanwhile, and
+`reliability()` flags it (rule and the figures behind it: `SPREAD_LIMIT`, `OTHERS_LIMIT`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from smolship.errors import SmolshipError
 from smolship.runner import Runner
 
 
+# A latency figure is unreliable when its timed decode runs differ by more than SPREAD_LIMIT of their
+# median, or other processes used more than OTHERS_LIMIT of the machine's CPU while it ran.
+SPREAD_LIMIT = 0.10
+OTHERS_LIMIT = 0.25
+
+
 @dataclass(frozen=True)
 class LatencySettings:
     prompt_tokens: int = 128
@@ -38,7 +48,10 @@ def measure_latency(runner: Runner, vocab_size: int, settings: LatencySettings =
     prompt = bench_prompt(vocab_size, settings.prompt_tokens)
     new = min(settings.new_tokens, runner.max_seq_len - len(prompt) - 1)
     prefill_s, ttft_s, decode_s = [], [], []
+    load = MachineLoad()
     for run in range(settings.runs + 1):  # run 0 warms up caches and kernels
+        if run == 1:
+            load.start()
         t0 = time.perf_counter()
         logits = runner.prefill(prompt)
         tok = int(np.argmax(logits[-1]))
@@ -51,6 +64,7 @@ def measure_latency(runner: Runner, vocab_size: int, settings: LatencySettings =
             ttft_s.append(t1 - t0)
             decode_s.append(t2 - t1)
     med = statistics.median
+    others = load.stop()
     return {
         "prefill_tok_s": round(settings.prompt_tokens / med(prefill_s), 2),
         "decode_tok_s": round(new / med(decode_s), 2),
@@ -59,7 +73,51 @@ def measure_latency(runner: Runner, vocab_size: int, settings: LatencySettings =
         "prompt_tokens": settings.prompt_tokens,
         "new_tokens": new,
         "peak_rss_mb": peak_rss_mb(),
+        **reliability(decode_s, prefill_s, others),
     }
+
+
+def spread(times: list[float]) -> float:
+    """(slowest - fastest) / median of the timed runs: 0 for one run."""
+    return (max(times) - min(times)) / statistics.median(times) if len(times) > 1 else 0.0
+
+
+def reliability(decode_s: list[float], prefill_s: list[float], others_cpu: float | None) -> dict:
+    """The noise figures of one measurement and whether its tok/s can be trusted (rule: module constants)."""
+    sd, sp = spread(decode_s), spread(prefill_s)
+    reasons = []
+    if sd > SPREAD_LIMIT:
+        reasons.append(f"decode runs differ by {sd:.0%} (limit {SPREAD_LIMIT:.0%})")
+    if sp > 2 * SPREAD_LIMIT:  # prefill runs are short (one call): allow twice the spread
+        reasons.append(f"prefill runs differ by {sp:.0%} (limit {2 * SPREAD_LIMIT:.0%})")
+    if others_cpu is not None and others_cpu > OTHERS_LIMIT:
+        reasons.append(f"other processes used {others_cpu:.0%} of the CPU (limit {OTHERS_LIMIT:.0%})")
+    return {"decode_spread": round(sd, 3), "prefill_spread": round(sp, 3),
+            "others_cpu": None if others_cpu is None else round(others_cpu, 3),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "latency_reliable": not reasons,
+            "latency_note": "; ".join(reasons) or None}
+
+
+class MachineLoad:
+    """Share of the machine's CPU time that other processes used between start() and stop()."""
+
+    def start(self) -> None:
+        import psutil
+
+        self.wall, self.total, self.own = time.monotonic(), psutil.cpu_times(), psutil.Process().cpu_times()
+
+    def stop(self) -> float | None:
+        import psutil
+
+        if not hasattr(self, "wall"):
+            return None
+        wall = time.monotonic() - self.wall
+        total, own = psutil.cpu_times(), psutil.Process().cpu_times()
+        busy = lambda t: t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)  # noqa: E731
+        others = (busy(total) - busy(self.total)) - ((own.user + own.system) - (self.own.user + self.own.system))
+        capacity = wall * (psutil.cpu_count() or 1)
+        return max(0.0, min(1.0, others / capacity)) if capacity > 0 else None
 
 
 def peak_rss_mb() -> float:

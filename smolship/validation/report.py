@@ -16,7 +16,8 @@ from smolship.validation.plots import cell, report_html
 
 ROW_KEYS = ["target", "recipe", "precision", "size_mb", "kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
             "nll_ref", "nll_delta", "greedy_match", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb",
-            "threads", "runtime_ran", "runtime_note"]
+            "threads", "runtime_ran", "runtime_note", "latency_reliable", "latency_note"]
+LATENCY_COLS = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
 
 
 def bundle_row(bundle: Path, manifest: dict | None = None, validation: dict | None = None) -> dict:
@@ -61,8 +62,12 @@ def markdown(report: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in report["machine"]["libraries"].items()), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
-        lines.append("| " + " | ".join(cell(r.get(c)) for c in cols) + " |")
+        unreliable = r.get("latency_reliable") is False  # measured under load: marked, never shown as fact
+        lines.append("| " + " | ".join(cell(r.get(c)) + (" (unreliable)" if unreliable and c in LATENCY_COLS else "")
+                                       for c in cols) + " |")
     notes = {r["runtime_note"] for r in report["rows"] if r.get("runtime_note")}
+    notes |= {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in report["rows"]
+              if r.get("latency_reliable") is False}
     lines += [""] + [f"- {n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
 

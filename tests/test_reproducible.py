@@ -1,0 +1,31 @@
+"""Reproducible bundles: the same source, recipe and library versions give byte-identical files.
+
+Every target's default recipes are exported twice from random:tiny and every bundle file is compared by
+sha256 (manifest.json excepted: it records the export's date and duration)."""
+
+from __future__ import annotations
+
+import pytest
+
+from smolship.export import export_bundle
+from smolship.targets import ExportOptions, get_target
+
+TARGETS = ["gguf", "onnx", "executorch", "coreml"]
+
+
+def file_hashes(manifest: dict) -> dict[str, str]:
+    return {rel: f["sha256"] for rel, f in manifest["files"].items()}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_export_twice_gives_identical_files(target, tiny_model, tmp_path):
+    t = get_target(target)
+    options = ExportOptions(max_seq_len=128)
+    for recipe in t.default_recipes:
+        first = export_bundle(tiny_model, target, t.recipes[recipe], tmp_path / "a", options)[1]
+        second = export_bundle(tiny_model, target, t.recipes[recipe], tmp_path / "b", options)[1]
+        a, b = file_hashes(first), file_hashes(second)
+        assert a.keys() == b.keys()
+        differ = sorted(rel for rel in a if a[rel] != b[rel])
+        assert not differ, f"{target}-{recipe}: these files differ between two exports: {differ}"
+        assert any(rel.split("/")[0] in first["model_files"] for rel in a)  # the model itself was compared
