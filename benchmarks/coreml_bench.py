@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
 
 DEFAULT_CASES = ["default:fp16", "default:w8", "default:w4", "default:w4-all4", "default:pal4"]
 ABLATION = "w4-all4"
@@ -132,17 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     why = runtime_unavailable_reason()
-    report = {
-        "benchmark": "coreml export", "host": {"machine": platform.machine(), "system": platform.system(),
-                                               "cpus": os.cpu_count(), "python": platform.python_version()},
-        "runtime_ran": why is None,
-        "runtime_note": why or "Core ML latency: run `smolship bench` on the bundles (macOS 15+).",
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
+    report = envelope("coreml_bench", {"cases": a.cases, "max_seq_len": a.max_seq_len, "eval_tokens": a.eval_tokens,
+                                       "parity": not a.no_parity}, results, runtime_ran=why is None,
+                      runtime_note=why or "Core ML latency: run `smolship bench` on the bundles (macOS 15+).")
     if a.out:
-        a.out.write_text(text)
-    print(text)
+        write(a.out, report)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+
 import numpy as np
 import torch
 
@@ -186,13 +188,13 @@ def main() -> None:
     import executorch  # noqa: F401
     from importlib.metadata import version
 
-    report = {"benchmark": "executorch_anchor", "model": source.name, "machine": {"cpu_count": os.cpu_count()},
-              "versions": {p: version(p) for p in ("executorch", "torch", "torchao")} | {"optimum-executorch": "1.1.0"},
-              "settings": {"eval_tokens": args.eval_tokens, "threads": args.threads, "max_seq_len": args.max_seq_len,
-                           "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
-              "rows": rows, "ratios ours/optimum": ratios}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    report = envelope("executorch_anchor",
+                      {"model": source.name, "eval_tokens": args.eval_tokens, "threads": args.threads,
+                       "max_seq_len": args.max_seq_len,
+                       "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
+                      rows, anchor_versions={"optimum-executorch": "1.1.0", "executorch": version("executorch")},
+                      **{"ratios ours/optimum": ratios})
+    write(args.out, report)
     print(json.dumps(report["ratios ours/optimum"]), f"wrote {args.out}", flush=True)
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
 
 sys.path.insert(0, str(Path(__file__).parent))
 from executorch_anchor import measure_programs  # noqa: E402
@@ -93,12 +93,10 @@ def main() -> None:
         for name, row in rows.items():
             row["decode_ratio_vs_optimum"] = {t: round(row[f"decode_tok_s@{t}"] / base[f"decode_tok_s@{t}"], 3)
                                               for t in args.threads}
-    report = {"benchmark": "executorch_front", "model": source.name, "machine": {"cpu_count": os.cpu_count()},
-              "settings": {"eval_tokens": args.eval_tokens, "threads": args.threads,
-                           "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
-              "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    report = envelope("executorch_front", {"model": source.name, "eval_tokens": args.eval_tokens, "threads": args.threads,
+                                           "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
+                      rows)
+    write(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import tempfile
 import warnings
 from pathlib import Path
+
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
 
 import torch
 
@@ -71,15 +72,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("bench-results/executorch_decode_profile.json"))
     args = ap.parse_args()
-    result = {"benchmark": "executorch_decode_profile", "tokens": args.tokens, "threads": "runtime default",
-              "programs": {}}
+    result = envelope("executorch_profile", {"tokens": args.tokens, "threads": "runtime default"}, {})
     for spec in args.programs:
         name, path = spec.split("=", 1)
-        result["programs"][name] = {"path": path, "events": profile(Path(path), name.startswith("optimum"), args.tokens)}
-        top = list(result["programs"][name]["events"].items())[:6]
+        result["rows"][name] = {"path": path, "events": profile(Path(path), name.startswith("optimum"), args.tokens)}
+        top = list(result["rows"][name]["events"].items())[:6]
         print(name, {k: v["ms_per_token"] for k, v in top}, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
 
 ALL_RECIPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"]
 # variant -> (description, ExportOptions fields)
@@ -104,7 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("gguf_bench.json"))
     a = p.parse_args(argv)
 
-    from smolship import __version__
     from smolship.exporter import load_model
     from smolship.validation.parity import ParitySettings
     from smolship.validation.validate import ValidationSettings, Validator
@@ -113,20 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     source = load_model(a.model)
     settings = ValidationSettings(eval_tokens=a.eval_tokens or None, measure_latency=False, parity=ParitySettings())
     validator = None if a.no_parity else Validator(source, settings)
-    report = {"benchmark": "gguf", "smolship_version": __version__, "model": source.name, "source": source.source,
-              "host": {"machine": platform.machine(), "python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
-              "settings": {"eval_tokens": a.eval_tokens or "all", "threads": threads, "runs": a.runs,
-                           "latency": "128-token prompt, 128 new tokens, median of runs (smolship.validation.latency)"},
-              "runtime_versions": __import__("smolship.targets", fromlist=["get_target"]).get_target("gguf").runtime_versions(),
-              "reference": None, "rows": []}
+    report = envelope("gguf_bench", {"model": source.name, "source": source.source, "eval_tokens": a.eval_tokens or "all",
+                                     "threads": threads, "runs": a.runs,
+                                     "latency": "128-token prompt, 128 new tokens, median of runs (smolship.validation.latency)"},
+                      [], reference=None)
     for case in a.cases.split(","):
         report["rows"].append(run_case(case, source, validator, a.bundles, threads, a.runs))
-        a.out.write_text(json.dumps(report, indent=2))  # keep what is done if a later case fails
+        write(a.out, report)  # keep what is done if a later case fails
     if not a.no_reference:  # last: the PyTorch reference is the slowest to time
         spec = f"reference:{a.model or ''}"
         report["reference"] = {f"threads_{t}": latency(spec, t, a.runs) for t in threads}
         print(json.dumps({"reference": report["reference"]}), flush=True)
-    a.out.write_text(json.dumps(report, indent=2))
+    write(a.out, report)
     print(f"wrote {a.out}")
 
 

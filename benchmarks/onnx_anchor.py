@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+
 from smolship.export import export_bundle
 from smolship.exporter import load_model
 from smolship.targets import ExportOptions, get_target
@@ -214,7 +216,9 @@ def main() -> None:
     if "big" in args.sections:
         results["big"] = section_big(args, args.out)
         print(json.dumps({"big": results["big"]}, indent=1), flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    write(args.out / "results.json", envelope("onnx_anchor", {"sections": args.sections, "model": args.model,
+                                                            "eval_tokens": args.eval_tokens, "threads": args.threads,
+                                                            "repeats": args.repeats}, results))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+
 DEFAULT_RECIPES = {"gguf": "q8_0", "onnx": "int4", "executorch": "8da4w", "coreml": "w4"}
 
 
@@ -59,8 +61,8 @@ def main() -> None:
         for target, recipe in cases:
             rows.append(run_one(model, target, recipe, a.eval_tokens))
             print(json.dumps(rows[-1]), flush=True)
-            a.out.parent.mkdir(parents=True, exist_ok=True)
-            a.out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=2))  # partial results survive
+            write(a.out, envelope("scale", {"models": a.models, "targets": a.targets, "cases": a.cases,
+                                            "eval_tokens": a.eval_tokens}, rows))  # partial results survive
 
 
 if __name__ == "__main__":
