@@ -76,8 +76,8 @@ def test_graph_io_and_ort_prefill_decode_match_reference(tiny_model, tmp_path, g
 def test_external_data_is_written_and_loads(tiny_model, tmp_path):
     model = export_onnx(tiny_model, "fused", max_seq_len=32)
     files = save_model(model, tmp_path, force_external=True)
-    assert files == ["model.onnx", "model.onnx.data"]
-    assert (tmp_path / "model.onnx").stat().st_size < 200_000 < (tmp_path / "model.onnx.data").stat().st_size
+    assert files == ["model.onnx", "model.onnx_data"]  # transformers.js fetches <file>_data
+    assert (tmp_path / "model.onnx").stat().st_size < 200_000 < (tmp_path / "model.onnx_data").stat().st_size
     cfg = tiny_model.config
     runner = OnnxRunner(tmp_path / "model.onnx", cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 32, True, threads=1)
     ref = ReferenceRunner.from_source(tiny_model, max_seq_len=32)
@@ -126,7 +126,7 @@ def test_symmetric_8bit_reproduces_a_q8_0_grid_exactly():
 
 def test_tiny_bundles_validate_and_quantize(tiny_bundles):
     fp32 = tiny_bundles["fp32"][1]
-    assert fp32["model_files"] == ["model.onnx", "genai_config.json"]
+    assert fp32["model_files"] == ["onnx", "genai_config.json", "config.json"]
     assert fp32["validation"]["max_abs_logit_diff"] < 1e-3
     int4 = tiny_bundles["int4"][1]
     ops = int4["target_info"]["ops"]

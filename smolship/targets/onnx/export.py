@@ -1,8 +1,13 @@
 """torch.onnx (dynamo) export of the decoder into an onnx_ir model with readable initializer names.
 
 One graph serves prefill (any prompt length) and decode: the prompt length T and the past / total
-lengths are dynamic dimensions. The result stays an `onnx_ir.Model` (no 2 GB protobuf limit) until
-`save_model` writes it, with external data when the weights pass `EXTERNAL_DATA_BYTES`.
+lengths are dynamic dimensions, so the same file runs with onnxruntime-genai's shared KV buffer
+(past = max_seq_len slots) and with transformers.js' growing cache (past starts at 0 slots). The result
+stays an `onnx_ir.Model` (no 2 GB protobuf limit) until `save_model` writes it, with external data
+(`<file>_data`, the name transformers.js fetches) when the weights pass `EXTERNAL_DATA_BYTES`.
+
+Bundle layout (`onnx/<file>` as transformers.js names them by dtype, `ONNX_FILES`): genai_config.json
+points at the same file, so one folder serves onnxruntime-genai, ONNX Runtime and transformers.js.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import torch
 from smolship.exporter.model import CacheMode
 from smolship.targets.onnx.graph_model import ExplicitDecoder, FusedDecoder, io_names
 
+ONNX_DIR = "onnx"  # transformers.js looks for its decoders in this sub-folder
 MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
+# recipe -> (transformers.js dtype, file name); the suffixes are transformers.js' DEFAULT_DTYPE_SUFFIX_MAPPING
+ONNX_FILES = {"fp32": ("fp32", "model.onnx"), "fp16": ("fp16", "model_fp16.onnx"),
+              "int8": ("q8", "model_quantized.onnx"), "int4": ("q4", "model_q4.onnx")}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 GRAPHS = ("fused", "plain")
 
@@ -79,6 +87,7 @@ def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: to
         )
     model = program.model
     _name_initializers(model)
+    _name_present_dims(model)
     model.graph.name = f"smolship_{source.name}_{graph}"
     return model
 
@@ -101,6 +110,18 @@ def _name_initializers(model) -> None:
             taken.add(path)
 
 
+def _name_present_dims(model) -> None:
+    """present.N.* are max_seq_len slots long under genai's shared buffer but past + T under a growing
+    cache (transformers.js): their own symbol, so the declared shape holds for both clients."""
+    import onnx_ir as ir
+
+    for v in model.graph.outputs:
+        if v.name.startswith("present.") and v.shape is not None and len(v.shape) == 4:
+            dims = list(v.shape)
+            dims[2] = ir.SymbolicDim("present_sequence_length")
+            v.shape = ir.Shape(dims)
+
+
 def _scope_path(scope: str) -> str:
     """'["", "layers.0", ...]' -> the last module path the node belongs to."""
     import json
@@ -113,17 +134,19 @@ def _scope_path(scope: str) -> str:
     return names[-1] if names else ""
 
 
-def save_model(model, folder: Path, force_external: bool = False) -> list[str]:
-    """Write model.onnx (+ model.onnx.data when large); returns the file names written."""
+def save_model(model, folder: Path, force_external: bool = False, file_name: str = MODEL_FILE) -> list[str]:
+    """Write folder/file_name (+ file_name + "_data" when large); returns the file names written."""
     import onnx_ir as ir
 
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     nbytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     if nbytes > EXTERNAL_DATA_BYTES or force_external:
-        ir.save(model, folder / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=1024)
-        return [MODEL_FILE, DATA_FILE]
-    ir.save(ir.external_data.load_to_model(model), folder / MODEL_FILE)  # inline weights read from another file
-    return [MODEL_FILE]
+        data = file_name + "_data"
+        ir.save(model, folder / file_name, external_data=data, size_threshold_bytes=1024)
+        return [file_name, data]
+    ir.save(ir.external_data.load_to_model(model), folder / file_name)  # inline weights read from another file
+    return [file_name]
 
 
 class _quiet_exporter:

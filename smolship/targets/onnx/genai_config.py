@@ -1,8 +1,11 @@
-"""genai_config.json: what makes the bundle an onnxruntime-genai model folder.
+"""The client configs of an ONNX bundle: genai_config.json (onnxruntime-genai) and config.json (transformers.js).
 
-The keys follow onnxruntime-genai's model builder (models/builders/base.py, make_genai_config), so
-the folder loads in genai's Python API and its Android / iOS apps unchanged. Our OnnxRunner reads
-the same file, so smolship's validation and genai drive the graph with the same cache layout.
+genai_config.json's keys follow onnxruntime-genai's model builder (models/builders/base.py,
+make_genai_config), so the folder loads in genai's Python API and its Android / iOS apps unchanged.
+Our OnnxRunner reads the same file, so smolship's validation and genai drive the graph with the same
+cache layout. config.json is a transformers LlamaConfig plus "transformers.js_config" (the dtype that
+selects onnx/model_<suffix>.onnx, external data chunks), which transformers.js v4 needs to load the
+same folder (browser and Node) with no copy.
 """
 
 from __future__ import annotations
@@ -71,3 +74,28 @@ def write_genai_config(folder: Path, config: dict) -> str:
 
 def read_genai_config(folder: Path) -> dict:
     return json.loads((Path(folder) / GENAI_CONFIG).read_text())
+
+
+HF_CONFIG = "config.json"
+
+
+def transformers_js_config(source, dtype: str, model_file: str, external_data: bool) -> dict:
+    """config.json for transformers.js: the model's HF config, its special ids and the default dtype."""
+    tok = source.tokenizer
+    stops = tok.stop_ids
+    tjs: dict = {"dtype": dtype}
+    if external_data:
+        tjs["use_external_data_format"] = {Path(model_file).name: 1}  # one chunk: <file>.onnx_data
+    return {
+        **source.config.to_hf(),
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": stops if len(stops) > 1 else tok.eos_id,
+        "pad_token_id": tok.pad_id if tok.pad_id is not None else tok.eos_id,
+        "use_cache": True,
+        "transformers.js_config": tjs,
+    }
+
+
+def write_hf_config(folder: Path, config: dict) -> str:
+    (Path(folder) / HF_CONFIG).write_text(json.dumps(config, indent=2))
+    return HF_CONFIG
