@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from smolship import chat_format, model_card
 from smolship.bundle import atomic_bundle, new_manifest, write_manifest
 from smolship.exporter.sources import SourceModel
 from smolship.targets import ExportOptions, Recipe, get_target
@@ -41,4 +42,7 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
         if validator is not None:
             progress("validating", 0.0)
             save_validation(tmp, manifest, validator.validate(tmp, manifest, progress))
+        # for apps: the prompt strings and a model card with the measured figures (then re-list the files)
+        model_card.write(tmp, manifest, chat_format.add_to_bundle(tmp, manifest, source.tokenizer))
+        write_manifest(tmp, manifest)
     return final, manifest

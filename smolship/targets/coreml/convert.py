@@ -3,8 +3,8 @@
 The chain: exporter.model.Llama at ``max_seq_len`` holding the source's own tensors -> wrap it
 (stateful.StatefulLlama) ->
 ``torch.jit.trace`` with a 2-token query after 3 past tokens -> ``ct.convert`` with
-``inputIds [1, q]`` and ``causalMask [1, 1, q, past+q]`` sharing one query RangeDim (1..max_seq_len),
-so one model serves prefill and decode, the two caches as fp16 ``ct.StateType`` states, and fp16
+``inputIds [1, q]`` and ``causalMask [1, 1, m, past+q]`` (q, m and past+q each a RangeDim 1..max_seq_len:
+swift-transformers sends m = 1 with the whole prompt, see stateful.py), so one model serves prefill and decode, the two caches as fp16 ``ct.StateType`` states, and fp16
 compute. Compression (compress.py) happens afterwards on the MIL program.
 """
 
@@ -42,12 +42,13 @@ def convert(source, max_seq_len: int):
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     traced = trace(source, max_seq_len)
     query = ct.RangeDim(lower_bound=1, upper_bound=max_seq_len, default=1)
+    mask_rows = ct.RangeDim(lower_bound=1, upper_bound=max_seq_len, default=1)  # q, or 1 (broadcast)
     total = ct.RangeDim(lower_bound=1, upper_bound=max_seq_len, default=1)
     shape = cv.cache_shape(source.config, max_seq_len)
     mlmodel = ct.convert(
         traced,
         inputs=[ct.TensorType(shape=(1, query), dtype=np.int32, name=cv.INPUT_IDS),
-                ct.TensorType(shape=(1, 1, query, total), dtype=np.float16, name=cv.CAUSAL_MASK)],
+                ct.TensorType(shape=(1, 1, mask_rows, total), dtype=np.float16, name=cv.CAUSAL_MASK)],
         outputs=[ct.TensorType(dtype=np.float16, name=cv.LOGITS)],
         states=[ct.StateType(wrapped_type=ct.TensorType(shape=shape, dtype=np.float16), name=name)
                 for name in cv.STATES],

@@ -8,6 +8,18 @@ model's own modules - embedding, norms, projections, MLP, lm_head, RoPE tables -
 as ``Llama.forward``; only the cache write (slice assignment, which coremltools lowers to an
 in-place state update, per Apple's stateful-Llama recipe), the mask source and RMSNorm differ.
 
+Masking, as swift-transformers really calls it (Sources/Models/LanguageModel.swift,
+``LanguageModelWithStatefulKVCache.predictNextTokenScores``): every call, prefill included, sends a
+**zero** ``causalMask`` of shape ``[1, 1, 1, n + 1]``, n = all tokens so far, with the whole prompt
+as ``inputIds`` on the first call and the last token afterwards. So the mask neither masks the
+future inside a prefill nor matches the slots used: the cache is filled from slot 1, and slot 0 is
+never written. The graph therefore (1) masks the future itself, from positions (``past + i`` may
+see slots ``<= past + i``), and (2) masks slots whose key is exactly zero: Core ML initialises
+state buffers to zeros (MLModel.makeState), and no written key is all-zero. RoPE depends only on
+relative positions, so the shift by one changes nothing. The given mask is still added, so
+callers that send a real ``[1, 1, q, past + q]`` causal mask (swift-transformers' Mistral7B
+generate.py, smolship's runner) get the same result.
+
 RMSNorm: Core ML computes the whole graph in fp16, and exporter.model.RMSNorm's ``x.float()`` does
 not survive conversion. SmolLM2-135M's residual stream carries activations up to ~25,000 (layers
 12+), so ``mean(x**2)`` reaches ~1.1e6, past fp16's 65,504: rsqrt(inf) = 0 would zero those layers'
@@ -32,6 +44,18 @@ def fp16_safe_rms_norm(norm: RMSNorm, x: Tensor) -> Tensor:
     return norm.weight * (xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + norm.eps / s / s))
 
 
+def attention_mask(keys: Tensor, past, q_len: int, given: Tensor) -> Tensor:
+    """Additive mask (1, 1, q, past+q): the future and never-written (all-zero key) slots get -inf,
+    plus the caller's mask (broadcast from [1, 1, 1 or q, past+q])."""
+    end = keys.shape[-2]
+    slot = torch.arange(end).unsqueeze(0)  # (1, end)
+    query_pos = torch.arange(q_len).unsqueeze(1) + past  # (q, 1)
+    written = keys[0, 0].abs().amax(-1) > 0  # (end,)
+    allowed = (slot <= query_pos) & written  # (q, end)
+    blocked = torch.full_like(given[0, 0, :1, :1], float("-inf"))  # (1, 1) in the mask's dtype
+    return torch.where(allowed, torch.zeros_like(blocked), blocked) + given  # (1, 1, q, end)
+
+
 class StatefulLlama(nn.Module):
     """forward(inputIds int32 [1, q], causalMask float [1, 1, q, past+q]) -> logits [1, q, vocab]."""
 
@@ -50,6 +74,7 @@ class StatefulLlama(nn.Module):
         cos, sin = m.rope_cos[past:end], m.rope_sin[past:end]  # (q, hd)
         key_cache, value_cache = getattr(self, KEY_CACHE), getattr(self, VALUE_CACHE)
         x = m.embed_tokens(input_ids)  # (1, q, h)
+        mask = None
         for i, layer in enumerate(m.layers):
             attn = layer.self_attn
             h = fp16_safe_rms_norm(layer.input_layernorm, x)
@@ -61,8 +86,10 @@ class StatefulLlama(nn.Module):
             value_cache[i, :, :, past:end, :] = v
             k_all = key_cache[i, :, :, :end, :]  # (1, nkv, past+q, hd)
             v_all = value_cache[i, :, :, :end, :]
+            if mask is None:  # every layer writes the same slots: one mask from layer 0's keys
+                mask = attention_mask(k_all, past, q_len, causal_mask)  # (1, 1, q, past+q)
             y = F.scaled_dot_product_attention(q, attn._repeat_kv(k_all), attn._repeat_kv(v_all),
-                                               attn_mask=causal_mask)  # (1, nh, q, hd)
+                                               attn_mask=mask)  # (1, nh, q, hd)
             y = y.transpose(1, 2).reshape(1, q_len, cfg.num_heads * cfg.head_dim)  # (1, q, nh*hd)
             x = x + attn.o_proj(y)
             x = x + layer.mlp(fp16_safe_rms_norm(layer.post_attention_layernorm, x))

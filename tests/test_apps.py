@@ -1,0 +1,333 @@
+"""What the phone apps read, checked with the apps' own runtimes, and the example apps checked against bundles.
+
+- ExecuTorch: the C++ LLM runner (`TextLLMRunner`, which Android's LlmModule and iOS's TextRunner wrap)
+  runs the bundle with a prompt built from chat_format.json.
+- onnxruntime-genai: loads a folder holding only the files the model card tells an app to copy.
+- Core ML: the .mlpackage spec against what swift-transformers' LanguageModel.swift reads, the
+  converted graph driven with exactly LanguageModel's calls, the tokenizer folder through `tokenizers`.
+- GGUF: the metadata the llama.cpp apps read.
+- examples/android and examples/ios: the sources parse (tree-sitter) and name only files and keys
+  the bundles contain; their READMEs' push commands name real bundle files.
+Fast tests use random:tiny; the slow one runs the real 135M 8da4w bundle (a session fixture).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smolship import chat_format, model_card
+from smolship.export import bundle_name, export_bundle
+from smolship.generate import generate
+from smolship.targets import ExportOptions, get_target
+
+ROOT = Path(__file__).resolve().parents[1]
+ANDROID, IOS = ROOT / "examples" / "android", ROOT / "examples" / "ios"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+OPTIONS = {
+    "executorch": ExportOptions(max_seq_len=128, extra={"max_prefill_len": 64}),
+    "onnx": ExportOptions(max_seq_len=128),
+    "coreml": ExportOptions(max_seq_len=64),
+    "gguf": ExportOptions(max_seq_len=128),
+}
+RECIPES = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16", "gguf": "q8_0"}
+PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime_genai", "coreml": "coremltools", "gguf": "llama_cpp"}
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_model, tiny_validator, tmp_path_factory):
+    """One validated random:tiny bundle per target, exported on first use: (path, manifest)."""
+    out, cache = tmp_path_factory.mktemp("apps"), {}
+
+    def get(target: str):
+        pytest.importorskip(PACKAGES[target])
+        if target not in cache:
+            t = get_target(target)
+            cache[target] = export_bundle(tiny_model, target, t.recipes[RECIPES[target]], out, OPTIONS[target],
+                                          validator=tiny_validator)
+        return cache[target]
+    return get
+
+
+def card_files(card: str) -> set[str]:
+    """Bundle paths a model card names (backticked or in commands); device paths give their file name."""
+    found = re.findall(r"([\w./-]+\.(?:pte|json|onnx|onnx_data|mlpackage|gguf))\b", card)
+    return {f.rsplit("/", 1)[-1] if f.startswith("/") else f for f in found}
+
+
+# --- every bundle: chat_format.json, manifest, model card ------------------------------------------
+@pytest.mark.parametrize("target", list(RECIPES))
+def test_bundle_carries_chat_format_and_model_card(tiny_bundle, tiny_model, target):
+    path, manifest = tiny_bundle(target)
+    fmt = chat_format.read(path)
+    assert manifest["chat_format"] == json.loads((path / chat_format.FILE).read_text())
+    assert fmt.render(QUESTION) == tiny_model.tokenizer.render_chat(QUESTION)  # the file, read back, renders right
+    assert {chat_format.FILE, model_card.CARD} <= set(manifest["files"])  # listed with their sha256
+    card = (path / model_card.CARD).read_text()
+    assert fmt.render(QUESTION) in card and f"{manifest['source']['name']}: {target}" in card
+    renames = {model_card.renamed_pte(app, RECIPES[target]) for app in ("qwen", "smollm3")}
+    missing = {f for f in card_files(card) if not (path / f).exists()} - renames
+    assert not missing, f"the card names files the bundle lacks: {missing}"
+    assert all(f"`{e}`" in card or f" {e} " in card for e in model_card.app_entries(manifest))
+    if target == "executorch":  # the official apps match these in the file name (ModelType.kt, ContentView.swift)
+        assert renames <= card_files(card) and all(("qwen" in r) != ("smollm3" in r) for r in renames)
+    v = manifest["validation"]
+    if v:  # the card's figures are the manifest's
+        assert f"| kld_mean | {v['kld_mean']:.4g} |" in card
+
+
+# --- ExecuTorch: the C++ runner of LlmModule / TextRunner -------------------------------------------
+def _text_llm_runner(path: Path, prompt: str, max_new_tokens: int) -> tuple[list[str], object]:
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (custom_sdpa / update_cache)
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    fmt = chat_format.read(path)
+    pieces, stats = [], []
+    runner = TextLLMRunner(str(path / "model.pte"), str(path / "tokenizer.json"))
+    runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=0.0),
+                    pieces.append, stats.append)
+    assert fmt  # read above: the app reads the same file
+    return pieces, stats[-1] if stats else None
+
+
+def test_executorch_runner_takes_the_chat_format_prompt(tiny_bundle, tiny_model):
+    """The runner tokenizes the rendered prompt (special tokens included) as smolship does and decodes
+    what smolship's own ExecuTorch runner decodes; it stops on the ids model.pte carries."""
+    path, manifest = tiny_bundle("executorch")
+    fmt = chat_format.read(path)
+    prompt = fmt.render(QUESTION)
+    pieces, stats = _text_llm_runner(path, prompt, 12)
+    ids = tiny_model.tokenizer.encode(prompt, add_bos=False)
+    assert stats.num_prompt_tokens == len(ids)
+    runner = get_target("executorch").load_runner(path, manifest)
+    try:
+        assert sorted(runner.constant("get_eos_ids")) == sorted(fmt.stop_ids)
+        ours = list(generate(runner, ids, 12, stop_ids=fmt.stop_ids))
+    finally:
+        runner.close()
+    assert "".join(pieces) == tiny_model.tokenizer.decode(ours, skip_special_tokens=False)
+
+
+@pytest.mark.slow
+def test_real_executorch_bundle_answers_paris_and_stops_at_im_end(real_executorch_8da4w):
+    path, manifest = real_executorch_8da4w
+    fmt = chat_format.read(path)
+    pieces, stats = _text_llm_runner(path, fmt.render(QUESTION), 64)
+    assert "Paris" in "".join(pieces), pieces
+    assert pieces[-1] == fmt.turn_end == "<|im_end|>", pieces[-4:]  # what the apps compare and drop
+    assert stats.num_generated_tokens < 64  # stopped by the program's stop ids, not by the length
+    card = (path / model_card.CARD).read_text()
+    assert f"| kld_mean | {manifest['validation']['kld_mean']:.4g} |" in card
+
+
+# --- onnxruntime-genai, as the phone samples load it -----------------------------------------------
+def test_onnxruntime_genai_loads_only_the_files_the_card_lists(tiny_bundle, tiny_model, tmp_path):
+    og = pytest.importorskip("onnxruntime_genai")
+    path, manifest = tiny_bundle("onnx")
+    listed = model_card.app_files(manifest)  # what the card tells the app to copy, and nothing else
+    app = tmp_path / "app_files"
+    app.mkdir()
+    for name in listed:
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path / name, app / name)
+    assert {"genai_config.json", "tokenizer.json", "tokenizer_config.json", *manifest["model_files"]} == set(
+        model_card.app_entries(manifest))
+    fmt = chat_format.read(path)
+    model = og.Model(str(app))
+    tokenizer = og.Tokenizer(model)
+    ids = list(tokenizer.encode(fmt.render(QUESTION)))
+    assert ids == tiny_model.tokenizer.encode(fmt.render(QUESTION), add_bos=False)
+    eos = json.loads((app / "genai_config.json").read_text())["model"]["eos_token_id"]
+    assert sorted(eos if isinstance(eos, list) else [eos]) == sorted(fmt.stop_ids)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 8, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    runner = get_target("onnx").load_runner(path, manifest)
+    assert got == list(generate(runner, ids, len(got)))  # the same graph through smolship's runner
+
+
+# --- Core ML, as swift-transformers' LanguageModel.swift reads it -----------------------------------
+def test_coreml_spec_is_what_language_model_swift_reads(tiny_bundle, tiny_model):
+    pytest.importorskip("coremltools")
+    import coremltools as ct
+    from coremltools.proto.FeatureTypes_pb2 import ArrayFeatureType
+
+    path, manifest = tiny_bundle("coreml")
+    n, cfg = manifest["max_seq_len"], tiny_model.config
+    desc = ct.models.MLModel(str(path / "model.mlpackage"), skip_model_load=True).get_spec().description
+    inputs = {f.name: f.type.multiArrayType for f in desc.input}
+    # Keys: inputIds, causalMask (no attentionMask: that selects another branch), logits; keyCache/valueCache states
+    assert set(inputs) == {"inputIds", "causalMask"}
+    assert [f.name for f in desc.output] == ["logits"]
+    states = {s.name: s.type.stateType.arrayType for s in desc.state}
+    assert set(states) == {"keyCache", "valueCache"}  # both or neither, else LanguageModel fatalErrors
+    dtype = ArrayFeatureType.ArrayDataType
+    # inputIds: MLTensor of Int32; contextRange reads the range of its last axis; the stateful class needs
+    # max - min > 1 (prefill and extend with one model)
+    ids = inputs["inputIds"]
+    assert ids.dataType == dtype.Value("INT32") and ids.WhichOneof("ShapeFlexibility") == "shapeRange"
+    ranges = [(r.lowerBound, r.upperBound) for r in ids.shapeRange.sizeRanges]
+    assert ranges == [(1, 1), (1, n)] and ranges[-1][1] - ranges[-1][0] > 1
+    # causalMask: MLTensor(zeros: [1, 1, 1, tokenCount + 1], scalarType: Float16) on every call
+    mask = inputs["causalMask"]
+    assert mask.dataType == dtype.Value("FLOAT16")
+    mranges = [(r.lowerBound, r.upperBound) for r in mask.shapeRange.sizeRanges]
+    assert mranges[:2] == [(1, 1), (1, 1)] and mranges[2][0] == 1 and mranges[3] == (1, n)
+    for s in states.values():
+        assert s.dataType == dtype.Value("FLOAT16")
+        assert list(s.shape) == [cfg.num_layers, 1, cfg.num_kv_heads, n, cfg.head_dim]
+    # modelName (tokenizer look-up when the app passes none) comes from this metadata key
+    assert desc.metadata.userDefined["co.huggingface.exporters.name"]
+
+
+def test_coreml_graph_answers_language_model_swift_calls_like_the_reference(tiny_model):
+    """LanguageModelWithStatefulKVCache sends the whole prompt with a zero [1,1,1,n+1] mask, then the last
+    token with a zero [1,1,1,T+1] mask (T = tokens so far); fresh states are zeros (MLModel.makeState).
+    The traced graph (what ct.convert converts) must give the reference's next-token logits."""
+    pytest.importorskip("coremltools")
+    from smolship.targets.coreml.convert import trace
+
+    seq = 64
+    traced = trace(tiny_model, seq)
+    for name in ("keyCache", "valueCache"):
+        getattr(traced, name).zero_()  # tracing ran an example call; a new MLState is zeros
+    ref = tiny_model.build(seq)
+    ids = torch.randint(0, tiny_model.config.vocab_size, (1, 14), generator=torch.Generator().manual_seed(2))
+    n = 9
+    with torch.no_grad():
+        want = ref(ids, torch.tensor([0]))[0]  # (14, vocab), causal, one call
+        got = traced(ids[:, :n].int(), torch.zeros(1, 1, 1, n + 1))[0, -1]
+        # fp32 both; RoPE positions are shifted by one slot (relative angles equal): float noise only
+        torch.testing.assert_close(got, want[n - 1], atol=1e-4, rtol=1e-4)
+        for t in range(n, 14):
+            got = traced(ids[:, t:t + 1].int(), torch.zeros(1, 1, 1, t + 2))[0, -1]
+            torch.testing.assert_close(got, want[t], atol=1e-4, rtol=1e-4)
+
+
+def test_coreml_tokenizer_folder_loads_with_tokenizers(tiny_bundle, tiny_model):
+    """AutoTokenizer.from(modelFolder:) reads config.json, tokenizer.json, tokenizer_config.json."""
+    from tokenizers import Tokenizer
+
+    path, _ = tiny_bundle("coreml")
+    fmt = chat_format.read(path)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    prompt = fmt.render(QUESTION)
+    assert tok.encode(prompt, add_special_tokens=False).ids == tiny_model.tokenizer.encode(prompt, add_bos=False)
+    tcfg = json.loads((path / "tokenizer_config.json").read_text())
+    assert tcfg["chat_template"] == tiny_model.tokenizer.chat_template
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["eos_token_id"] == fmt.stop_ids[0]
+
+
+# --- GGUF: what the llama.cpp apps read from the file --------------------------------------------
+def test_gguf_metadata_has_template_and_stop(tiny_bundle, tiny_model):
+    """llama.cpp (what llama.android / llama.swiftui link) reads the template and EOS from the file."""
+    from llama_cpp import Llama
+
+    path, manifest = tiny_bundle("gguf")
+    meta = Llama(str(path / manifest["model_files"][0]), vocab_only=True, verbose=False).metadata
+    assert meta["tokenizer.chat_template"] == tiny_model.tokenizer.chat_template
+    assert int(meta["tokenizer.ggml.eos_token_id"]) == chat_format.read(path).stop_ids[0]
+
+
+# --- the example apps' sources ---------------------------------------------------------------------
+def _parser(language: str):
+    from tree_sitter import Language, Parser
+
+    module = pytest.importorskip(f"tree_sitter_{language}")
+    return Parser(Language(module.language()))
+
+
+def _strings(node, source: bytes) -> list[str]:
+    """Plain string literals (no interpolation) of a Kotlin or Swift syntax tree."""
+    out = []
+    if node.type in ("string_literal", "line_string_literal"):
+        parts = [c for c in node.named_children]
+        if not any("interpolat" in c.type for c in parts):
+            out.append("".join(source[c.start_byte:c.end_byte].decode() for c in parts))
+        return out
+    for child in node.children:
+        out += _strings(child, source)
+    return out
+
+
+def _parse(language: str, files: list[Path]) -> dict[Path, list[str]]:
+    parser = _parser(language)
+    found = {}
+    for f in files:
+        src = f.read_bytes()
+        tree = parser.parse(src)
+        assert not tree.root_node.has_error, f"{f} does not parse as {language}"
+        found[f] = _strings(tree.root_node, src)
+    return found
+
+
+def _keys(d) -> set[str]:
+    if isinstance(d, dict):
+        return set(d) | {k for v in d.values() for k in _keys(v)}
+    return set()
+
+
+FILE_LIKE = re.compile(r"^[\w.-]+\.(pte|json|mlpackage|onnx|gguf)$")
+KEY_LIKE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _check_names(strings: list[str], bundles: list[Path], keys: set[str], where: Path) -> None:
+    for s in strings:
+        if FILE_LIKE.match(s):
+            assert any((b / s).exists() for b in bundles), f"{where.name} names '{s}', which no bundle holds"
+        elif KEY_LIKE.match(s):
+            assert s in keys, f"{where.name} reads key '{s}', which chat_format.json lacks"
+
+
+def test_android_sources_parse_and_name_real_files_and_keys(tiny_bundle):
+    path, manifest = tiny_bundle("executorch")
+    found = _parse("kotlin", sorted(ANDROID.rglob("*.kt")) + sorted(ANDROID.rglob("*.kts")))
+    keys = _keys(json.loads((path / chat_format.FILE).read_text()))
+    for f, strings in found.items():
+        if f.suffix == ".kt" and f.name != "MainActivity.kt":  # UI strings live in MainActivity
+            _check_names(strings, [path], keys, f)
+    engine = "\n".join(found[ANDROID / "app/src/main/java/org/smolship/chat/ChatEngine.kt"])
+    assert {"model.pte", "tokenizer.json", "chat_format.json", "/data/local/tmp/smolship"} <= set(engine.split("\n"))
+    seq_len = int(re.search(r"SEQ_LEN = (\d+)", (ANDROID / "app/src/main/java/org/smolship/chat/ChatEngine.kt")
+                            .read_text()).group(1))
+    assert seq_len <= ExportOptions().max_seq_len  # fits the default export's context
+    # the README's push commands push real bundle files to the folder the app reads
+    readme = (ANDROID / "README.md").read_text()
+    pushed = re.findall(r"adb push out/executorch-8da4w/(\S+) (\S+)", readme)
+    assert {f for f, _ in pushed} == {"model.pte", "tokenizer.json", "chat_format.json"}
+    assert all((path / f).exists() and dest == "/data/local/tmp/smolship/" for f, dest in pushed)
+    assert "executorch-8da4w" == bundle_name("executorch", "8da4w")
+    assert "8da4w" in get_target("executorch").default_recipes
+
+
+def test_ios_sources_parse_and_name_real_files_and_keys(tiny_bundle):
+    et_path, _ = tiny_bundle("executorch")
+    cm_path, _ = tiny_bundle("coreml")
+    found = _parse("swift", sorted(IOS.rglob("*.swift")))
+    keys = _keys(json.loads((et_path / chat_format.FILE).read_text()))
+    for f, strings in found.items():
+        if f.name in ("ChatFormat.swift", "Backends.swift"):
+            _check_names(strings, [et_path, cm_path], keys, f)
+    backends = found[IOS / "SmolshipChat/Backends.swift"]
+    assert {"model.mlpackage", "model.pte", "tokenizer.json"} <= set(backends)
+    # the folder names the app looks for are smolship's bundle names of default recipes
+    assert {bundle_name("coreml", "w4"), bundle_name("executorch", "8da4w")} <= set(backends)
+    assert "w4" in get_target("coreml").default_recipes
+    # AutoTokenizer.from(modelFolder:) and the app read these beside model.mlpackage
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_format.json"):
+        assert (cm_path / name).is_file(), name
+    readme = (IOS / "README.md").read_text()
+    for name in set(re.findall(r"Bundles/(?:coreml-w4|executorch-8da4w)/([\w.-]+)", readme)):
+        assert (cm_path / name).exists() or (et_path / name).exists(), name
