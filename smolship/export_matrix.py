@@ -5,6 +5,7 @@ measured kld_mean fits wins.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import shutil
 import traceback
@@ -39,6 +40,7 @@ class TargetOutcome:
     error: str | None = None
     fix: str | None = None
     log: str | None = None  # the libraries' output for this target (OUT/export-<target>.log)
+    manifests: list[dict] = field(default_factory=list)  # of `bundles`, for a driver that cannot read them (URLs)
 
 
 def budget_order(target) -> list[str]:
@@ -47,20 +49,20 @@ def budget_order(target) -> list[str]:
     return sorted(names, key=lambda n: (PRECISION_ORDER.index(target.recipes[n].precision), names.index(n)))
 
 
-def run_target_job(job: TargetJob) -> TargetOutcome:
+def run_target_job(job: TargetJob, progress_for=None) -> TargetOutcome:
     """Runs in a worker process: export (and validate) every recipe of one target.
 
     Library output (converters' progress bars, C++ runtime logs, warnings) goes to OUT/export-<target>.log;
-    the terminal gets one progress display per bundle and one summary line when it is done.
+    the terminal gets one progress display per bundle and one summary line when it is done, unless
+    `progress_for(bundle label)` gives the progress(desc, fraction) callback (a matrix job streams it to its driver).
     """
     import time
 
     from rich.console import Console
 
-    from smolship.cli.common import progress_bar
     from smolship.export import export_bundle
     from smolship.exporter.sources import load_model
-    from smolship.logs import library_output_to, quiet_library_logs
+    from smolship.logs import library_output_to, progress_bar, quiet_library_logs
     from smolship.targets import get_target
     from smolship.validation.validate import Validator
 
@@ -77,7 +79,10 @@ def run_target_job(job: TargetJob) -> TargetOutcome:
             recipes = budget_order(target) if job.max_kld is not None else job.recipes
             for name in recipes:
                 t0 = time.perf_counter()
-                with progress_bar(job.show_progress, on=screen, label=f"{job.target}-{name}") as progress:
+                label = f"{job.target}-{name}"
+                display = progress_bar(job.show_progress, on=screen, label=label) if progress_for is None else \
+                    contextlib.nullcontext(progress_for(label))
+                with display as progress:
                     path, manifest = export_bundle(source, job.target, target.recipes[name], job.out, job.options,
                                                    validator, job.force, progress)
                 if job.show_progress:

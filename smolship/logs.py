@@ -1,4 +1,5 @@
-"""Keep library chatter that says nothing about the user's model out of the terminal."""
+"""Keep library chatter that says nothing about the user's model out of the terminal, and draw
+smolship's own progress there (below the CLI: export workers draw it too)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 # torchao logs "Failed to load ..._C_cutlass_90a.so" for its optional CUDA kernels on every CPU-only
 # import, and torch warns about torchao's Enum pytree registration: neither concerns a CPU export.
@@ -57,3 +61,21 @@ def library_output_to(log_path: Path) -> Iterator[TextIO]:
         for fd in (saved_out, saved_err, log_fd):
             os.close(fd)
         terminal.close()
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True, on: Console | None = None, label: str = "") -> Iterator:
+    """Yield progress(desc, fraction) for long steps; silent for --json or non-terminals.
+
+    `on` is the console to draw on (an export draws on the real terminal while library output goes
+    to its log); `label` names the bundle, so each bundle has one display line.
+    """
+    on = on or Console(stderr=True)
+    if not enabled or not on.is_terminal:
+        yield lambda desc, frac: None
+        return
+    prefix = f"[bold]{label}[/] " if label else ""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=on, transient=True) as bar:
+        task = bar.add_task(prefix + "starting", total=1.0)
+        yield lambda desc, frac: bar.update(task, description=prefix + desc[:50], completed=max(0.0, min(1.0, frac)))

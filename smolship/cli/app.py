@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from smolship.cli import chat_cmd, export_cmd, inspect_cmd, validate_cmd
+from smolship.cli import chat_cmd, export_cmd, inspect_cmd, matrix_cmd, validate_cmd
 from smolship.cli.common import console, debug_enabled, print_error
 from smolship.errors import SmolshipError
 from smolship.logs import quiet_library_logs
@@ -18,6 +18,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("bench")(validate_cmd.bench)
 app.command("chat")(chat_cmd.chat)
 app.command("inspect")(inspect_cmd.inspect)
+app.command("matrix")(matrix_cmd.matrix)
 
 
 def main() -> None:

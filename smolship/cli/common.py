@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from typing import Iterator
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from smolship.errors import SmolshipError
+from smolship.logs import progress_bar  # noqa: F401  (lives below the CLI: export workers draw it too)
 
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 180)  # pipes and CI logs get the full table
@@ -36,24 +34,6 @@ def print_error(err: SmolshipError) -> None:
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool = True, on: Console | None = None, label: str = "") -> Iterator:
-    """Yield progress(desc, fraction) for long steps; silent for --json or non-terminals.
-
-    `on` is the console to draw on (an export draws on the real terminal while library output goes
-    to its log); `label` names the bundle, so each bundle has one display line.
-    """
-    on = on or console
-    if not enabled or not on.is_terminal:
-        yield lambda desc, frac: None
-        return
-    prefix = f"[bold]{label}[/] " if label else ""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=on, transient=True) as bar:
-        task = bar.add_task(prefix + "starting", total=1.0)
-        yield lambda desc, frac: bar.update(task, description=prefix + desc[:50], completed=max(0.0, min(1.0, frac)))
 
 
 def fmt(value, digits: int = 4) -> str:

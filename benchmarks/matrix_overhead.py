@@ -1,0 +1,83 @@
+"""Ray's overhead on one machine: the same 2-model x 4-target matrix (tiny models) with the local process
+pool (--jobs 2) and with a local Ray (--ray, num_cpus = this machine's CPUs, one CPU per job), runs
+interleaved so that load from other programs on the machine falls on both alike. Writes JSON.
+
+    python benchmarks/matrix_overhead.py --repeats 2 --out bench-results/matrix_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPEC = """
+models = ["{tiny_a}", "{tiny_b}"]
+targets = ["gguf", "onnx", "executorch", "coreml"]
+max_seq_len = 512
+[recipes]
+gguf = ["q8_0"]
+onnx = ["int4"]
+executorch = ["8da4w"]
+coreml = ["w4"]
+[eval]
+tokens = 256
+latency = true
+threads = 1
+runs = 3
+"""
+
+
+def run(spec: Path, backend: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "smolship.cli", "matrix", str(spec), "--out", f"{tmp}/release", "--json", *backend]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        report = json.loads(proc.stdout)
+        hashes = {}
+        for row in report["rows"]:
+            m = json.loads((Path(row["path"]) / "manifest.json").read_text())
+            hashes[row["bundle"]] = {rel: f["sha256"] for rel, f in m["files"].items() if rel.split("/")[0] in m["model_files"]}
+    return {"backend": report["backend"], "wall_s": round(wall, 1), "matrix_s": report["seconds"],
+            "bundles": len(report["rows"]), "failures": len(report["failures"]),
+            "job_s": {j["job"]: j["seconds"] for j in report["jobs"]}, "model_sha256": hashes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("bench-results/matrix_overhead.json"))
+    args = ap.parse_args()
+    from smolship.exporter.sources import load_model
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from test_matrix import tiny_folders  # the two tiny models of the tests (seed 0 and 1, HF folders)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_a, tiny_b = tiny_folders(load_model("random:tiny"), Path(tmp))
+        spec = Path(tmp) / "release.toml"
+        spec.write_text(SPEC.format(tiny_a=tiny_a, tiny_b=tiny_b))
+        runs = []
+        for i in range(args.repeats):
+            for name, backend in (("local", ["--jobs", "2"]), ("ray", ["--ray"])):
+                row = {"run": i, "name": name, **run(spec, backend)}
+                print(json.dumps({k: v for k, v in row.items() if k != "model_sha256"}), flush=True)
+                runs.append(row)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    first = runs[0]["model_sha256"]
+    result = {"commit": commit, "cpu_count": os.cpu_count(), "note": "machine shared with other agents' work; runs interleaved",
+              "same_bundles_every_run": all(r["model_sha256"] == first for r in runs),
+              "runs": [{k: v for k, v in r.items() if k != "model_sha256"} for r in runs]}
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+
+
+if __name__ == "__main__":
+    main()
