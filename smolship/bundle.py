@@ -54,6 +54,19 @@ def _umask() -> int:
     return mask
 
 
+def _follow_umask(folder: Path) -> None:
+    """Give the bundle the permissions `mkdir` / `open` would: mkdtemp made its root 0700, and libraries
+    write through private temp files (coremltools leaves an .mlpackage's files 0600)."""
+    mask = _umask()
+    for p in [folder, *folder.rglob("*")]:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            p.chmod(0o777 & ~mask)
+        else:
+            p.chmod((0o777 if p.stat().st_mode & 0o100 else 0o666) & ~mask)
+
+
 def _process_start(pid: int) -> float | None:
     import psutil
 
@@ -155,7 +168,7 @@ def atomic_bundle(final: Path, force: bool = False):
             _write_owner(tmp)
             yield tmp
             (tmp / OWNER).unlink(missing_ok=True)
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp made it 0700; the bundle follows the umask like mkdir
+            _follow_umask(tmp)
             if final.exists():
                 old = final.with_name(f".{final.name}.old-{os.getpid()}")
                 final.rename(old)

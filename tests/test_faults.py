@@ -108,13 +108,18 @@ def test_second_export_of_the_same_bundle_fails_clearly_and_corrupts_nothing(tmp
 
 
 def test_bundle_permissions_follow_the_umask(tmp_path):
+    import tempfile
+
     old = os.umask(0o022)
     try:
         with atomic_bundle(tmp_path / "b") as tmp:
             (tmp / "f").write_text("x")
+            private = Path(tempfile.mkdtemp(dir=tmp))  # as libraries write (coremltools: 0600 files)
+            os.close(tempfile.mkstemp(dir=private)[0])
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o755
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "b", *(tmp_path / "b").rglob("*")]}
+    assert modes == {k: (0o755 if (tmp_path / k).is_dir() else 0o644) for k in modes}, modes
 
 
 # --- integrity before use --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from smolship.targets.coreml.compress import PLANS, Plan, compress
 from smolship.targets.coreml.convert import convert, describe
 from smolship.targets.coreml.naming import weight_class
 from smolship.targets.coreml.runner import CoreMLRunner, runtime_unavailable_reason
+from smolship.targets.coreml.reproducible import pin_manifest, reset_op_names
 
 RECIPES = (
     Recipe("fp16", Precision.FP16, "fp16 weights and compute"),
@@ -81,6 +82,7 @@ class CoreMLTarget(Target):
         CoreMLTarget._last = None
         progress("tracing and converting to Core ML (fp16)", 0.0)
         t0 = time.perf_counter()
+        reset_op_names()  # reproducible op names (reproducible.py)
         mlmodel = convert(source, max_seq_len)
         seconds = time.perf_counter() - t0
         cache = Path(tempfile.mkdtemp(prefix="smolship-coreml-")) / "fp16.mlpackage"
@@ -100,6 +102,7 @@ class CoreMLTarget(Target):
         fp16, convert_s, reused = self._fp16(model, max_seq_len, progress)
         progress(f"compressing ({recipe.name})", 0.4)
         t0 = time.perf_counter()
+        reset_op_names()
         mlmodel, applied = compress(fp16, list(model.state_dict), plan, lambda d, f: progress(d, 0.4 + 0.5 * f))
         compress_s = time.perf_counter() - t0
         describe(mlmodel, model, recipe, max_seq_len)
@@ -107,6 +110,7 @@ class CoreMLTarget(Target):
         t0 = time.perf_counter()
         package = Path(out_dir) / readback.MODEL_FILE
         mlmodel.save(str(package))
+        pin_manifest(package)  # no random UUIDs in Manifest.json
         (Path(out_dir) / "config.json").write_text(json.dumps(hf_config(model), indent=2))
         save_s = time.perf_counter() - t0
         pkg = readback.read_package(package, list(model.state_dict), dense=False)

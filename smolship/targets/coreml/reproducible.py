@@ -1,0 +1,30 @@
+"""Byte-reproducible Core ML packages (issue 17): two things made two exports of one recipe differ.
+
+- coremltools names ops from a process-wide counter (`Builder.name_count`: `coreml_update_state_4`
+  in one export, `coreml_update_state_8` in the next one of the same process), so the counter is reset
+  before each conversion and compression;
+- an .mlpackage's Manifest.json keys its items by fresh random UUIDs (libmodelpackage), so they are
+  replaced by UUIDs derived from each item's path (the keys are opaque: Core ML only follows them).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+
+def reset_op_names() -> None:
+    from coremltools.converters.mil.mil import Builder
+
+    Builder.name_count.clear()
+
+
+def pin_manifest(package: Path) -> None:
+    path = Path(package) / "Manifest.json"
+    manifest = json.loads(path.read_text())
+    renamed = {key: str(uuid.uuid5(uuid.NAMESPACE_URL, f"smolship:{info['path']}"))
+               for key, info in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {renamed[k]: v for k, v in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    path.write_text(json.dumps(manifest, indent=4, sort_keys=True))
