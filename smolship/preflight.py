@@ -81,9 +81,9 @@ def peek_config(spec) -> LlamaConfig | None:
 
 
 def _gguf_config(path: Path) -> LlamaConfig:
-    from smolship.exporter.gguf_source import config_from_gguf, open_gguf
+    from smolship.exporter.gguf_source import peek_config
 
-    return config_from_gguf(open_gguf(path))
+    return peek_config(path)
 
 
 def kv_cache_bytes(cfg: LlamaConfig, max_seq_len: int, bytes_per_value: int = 4) -> int:

@@ -40,19 +40,29 @@ def _bad_gguf(path: Path, why: str) -> SmolshipError:
     )
 
 
-# GGUF value types (gguf-py's GGUFValueType) -> bytes; 8 = string, 9 = array
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+# GGUF value types (gguf-py's GGUFValueType) -> struct format; 8 = string, 9 = array
+_SCALAR_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALAR_BYTES = {k: struct.calcsize(f) for k, f in _SCALAR_FORMAT.items()}
 _STRING, _ARRAY = 8, 9
 MAX_ARRAY = 1 << 20  # metadata array elements: vocabularies and merges are ~10^5
 MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
-def prescan_gguf(path: Path) -> None:
+@dataclass
+class GGUFHeader:
+    scalars: dict  # metadata key -> number or string (arrays are only counted)
+    array_lengths: dict
+    tensor_names: list
+
+
+def prescan_gguf(path: Path) -> GGUFHeader:
     """Walk the header with every length checked against the file before gguf-py parses it.
 
     gguf-py reads arrays one element at a time and reads past the end as empty, so an array that claims
-    2^60 elements makes it loop (and allocate) forever; found by tests/fuzz (corpus/gguf/crash-*)."""
+    2^60 elements makes it loop (and allocate) forever; found by tests/fuzz (corpus/gguf/crash-*).
+    The scalars it returns are enough for a config (preflight), without gguf-py's slower full parse."""
     size = os.path.getsize(path)
+    header = GGUFHeader({}, {}, [])
     with open(path, "rb") as f:
         def take(n: int) -> bytes:
             b = f.read(n)
@@ -75,12 +85,15 @@ def prescan_gguf(path: Path) -> None:
         u64 = lambda: struct.unpack("<Q", take(8))[0]  # noqa: E731
 
         def value(kind: int, key: str, in_array: bool = False) -> None:
-            if kind in _SCALAR_BYTES:
-                skip(_SCALAR_BYTES[kind], f"metadata '{key}'")
+            if kind in _SCALAR_BYTES and not in_array:
+                header.scalars[key] = struct.unpack(_SCALAR_FORMAT[kind], take(_SCALAR_BYTES[kind]))[0]
+            elif kind == _STRING and not in_array:
+                header.scalars[key] = text(f"metadata '{key}'")
             elif kind == _STRING:
                 skip(u64(), f"a string in metadata '{key}'")
             elif kind == _ARRAY and not in_array:
                 item, n = u32(), u64()
+                header.array_lengths[key] = n
                 if n > MAX_ARRAY:
                     raise ValueError(f"metadata '{key}' claims an array of {n} elements (at most {MAX_ARRAY})")
                 if item in _SCALAR_BYTES:
@@ -107,6 +120,7 @@ def prescan_gguf(path: Path) -> None:
             value(u32(), key)
         for _ in range(n_tensors):
             name = text("a tensor name")
+            header.tensor_names.append(name)
             dims = u32()
             if not 1 <= dims <= MAX_DIMS:
                 raise ValueError(f"tensor '{name}' has {dims} dimensions (1..{MAX_DIMS})")
@@ -116,6 +130,17 @@ def prescan_gguf(path: Path) -> None:
             if elements > 8 * size:  # every GGML type takes more than one bit per element
                 raise ValueError(f"tensor '{name}' claims {elements} elements, more than a {size}-byte file holds")
             take(12)
+    return header
+
+
+def peek_config(path: Path) -> LlamaConfig:
+    """The config of a GGUF file from its header alone (milliseconds, where gguf-py takes seconds)."""
+    try:
+        h = prescan_gguf(path)
+    except ValueError as e:
+        raise _bad_gguf(path, str(e)) from None
+    fields = {**h.scalars, "tokenizer.ggml.tokens": range(h.array_lengths.get("tokenizer.ggml.tokens", 0))}
+    return config_from_gguf(GGUFFile(Path(path), fields, dict.fromkeys(h.tensor_names)))
 
 
 def open_gguf(path: Path) -> GGUFFile:
