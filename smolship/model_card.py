@@ -132,7 +132,8 @@ def _onnx(m: dict, fmt: ChatFormat | None) -> list[str]:
     files, entries = app_files(m), app_entries(m)
     return [
         "### onnxruntime-genai (microsoft/onnxruntime-inference-examples `mobile/examples/phi-3`)", "",
-        f"`og.Model(folder)` reads {', '.join(f'`{f}`' for f in files)} (genai_config.json names the model file).",
+        f"Copy {', '.join(f'`{f}`' for f in files)}: `og.Model(folder)` reads `genai_config.json`, which names the",
+        "model file, and the tokenizer files (`config.json` is for transformers.js and does no harm).",
         "The phone samples hard-code Phi-3's file list and prompt, so edit both:", "",
         f"- Android (`MainActivity.java`): set `MODEL_FILES` to {', '.join(_q(f) for f in files)} and put them in",
         "  the app's files folder, keeping sub-folders (debug build):", "",
@@ -170,9 +171,9 @@ def _gguf(m: dict, fmt: ChatFormat | None) -> list[str]:
     gguf = m["model_files"][0]
     return [
         "### llama.cpp apps (`examples/llama.android`, `examples/llama.swiftui`) and any llama.cpp client", "",
-        f"Copy the single file `{gguf}`; its metadata carries the chat template (`tokenizer.chat_template`) and",
-        "the end-of-sequence id (`tokenizer.ggml.eos_token_id`), which llama.cpp applies itself.", "",
-        f"```sh\nadb push {gguf} /data/local/tmp/\n```",
+        f"Copy the single file `{gguf}` to the device and open it in the app; its metadata carries the chat template",
+        "(`tokenizer.chat_template`) and the end-of-sequence id (`tokenizer.ggml.eos_token_id`), which llama.cpp",
+        "applies itself.", "", f"```sh\nadb push {gguf} /sdcard/Download/\n```",
     ]
 
 

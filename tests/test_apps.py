@@ -18,7 +18,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -87,12 +86,10 @@ def _text_llm_runner(path: Path, prompt: str, max_new_tokens: int) -> tuple[list
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (custom_sdpa / update_cache)
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    fmt = chat_format.read(path)
     pieces, stats = [], []
     runner = TextLLMRunner(str(path / "model.pte"), str(path / "tokenizer.json"))
     runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=0.0),
                     pieces.append, stats.append)
-    assert fmt  # read above: the app reads the same file
     return pieces, stats[-1] if stats else None
 
 
@@ -112,6 +109,23 @@ def test_executorch_runner_takes_the_chat_format_prompt(tiny_bundle, tiny_model)
     finally:
         runner.close()
     assert "".join(pieces) == tiny_model.tokenizer.decode(ours, skip_special_tokens=False)
+
+
+# The official ExecuTorch apps' templates, transcribed from their sources (meta-pytorch/executorch-examples):
+# LlamaDemo PromptFormat.kt, QWEN_3 system + user templates (thinking token ""), for a file name with "qwen";
+# etLLM Constants.swift smolLm3PromptTemplate, for a file name with "smollm3".
+LLAMADEMO_QWEN3 = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+ETLLM_SMOLLM3 = "<|im_start|>system\n/no_think\n<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_official_apps_templates_after_the_cards_renames_are_this_chat_format(tiny_bundle):
+    """The card's renames make LlamaDemo / etLLM build exactly the prompt chat_format renders."""
+    path, _ = tiny_bundle("executorch")
+    fmt, q = chat_format.read(path), QUESTION[0]["content"]
+    system = {"role": "system", "content": fmt.default_system}
+    assert LLAMADEMO_QWEN3.format(system=fmt.default_system, user=q) == fmt.render([system, *QUESTION])
+    assert ETLLM_SMOLLM3.format(user=q) == fmt.render([{"role": "system", "content": "/no_think\n"}, *QUESTION])
+    assert fmt.turn_end == "<|im_end|>"  # both apps' stop string for those types
 
 
 @pytest.mark.slow

@@ -23,7 +23,11 @@ final class ChatModel: ObservableObject {
                 guard let url = BundleLocation.url(name), FileManager.default.fileExists(atPath: url.path) else {
                     throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: "Bundles/\(name)"])
                 }
-                backend = coreML ? try await CoreMLBackend(bundle: url) : try ExecuTorchBackend(bundle: url)
+                if coreML {
+                    backend = try await CoreMLBackend(bundle: url)
+                } else {
+                    backend = try ExecuTorchBackend(bundle: url)
+                }
                 status = backend?.name ?? ""
             } catch {
                 status = "Cannot load: \(error.localizedDescription)"
