@@ -131,7 +131,7 @@ def test_tiny_bundles_validate_and_quantize(tiny_bundles):
     int4 = tiny_bundles["int4"][1]
     ops = int4["target_info"]["ops"]
     assert ops.get("com.microsoft.MatMulNBits", 0) == 4 * 2 + 1  # 4 per layer + lm_head
-    assert ops.get("com.microsoft.GatherBlockQuantized") == 1
+    assert "com.microsoft.GatherBlockQuantized" not in ops and int4["target_info"]["portable_embedding"]  # web-runnable
     assert "shared with lm_head" in int4["target_info"]["quant"]["embedding"]
     # random weights give near-uniform logits (top-1 is noise there); 4-bit + int8 activations measured 0.04
     assert int4["validation"]["kld_mean"] < 0.1, int4["validation"]

@@ -34,6 +34,7 @@ class OnnxTarget(Target):
         from smolship.targets.onnx.export import ONNX_DIR, ONNX_FILES, export_onnx, save_model
         from smolship.targets.onnx.genai_config import (genai_config, transformers_js_config, write_genai_config,
                                                         write_hf_config)
+        from smolship.targets.onnx.portable import portable_embedding
         from smolship.targets.onnx.quantize import quantize_model
 
         plan = plan_for(recipe, options)
@@ -60,6 +61,7 @@ class OnnxTarget(Target):
             report = quantize_model(onnx_model, plan.quant, calib, tied=model.config.tie_word_embeddings,
                                     progress=lambda d, f: progress(d, 0.4 + 0.5 * f))
             info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level}
+            info["portable_embedding"] = portable_embedding(onnx_model) > 0  # onnxruntime-web lacks the 8-bit kernel
         info["ops"] = dict(Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in onnx_model.graph))
         progress("saving", 0.95)
         tjs_dtype, file_name = ONNX_FILES[recipe.name]
