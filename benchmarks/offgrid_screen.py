@@ -110,7 +110,7 @@ def onnx_effective(source, spec: str, calib) -> tuple[dict, float]:
     return sd, round(mb + (qe.packed.nbytes + qe.scales.nbytes) / 1e6, 1)
 
 
-def run_et(source, spec: str, docs, max_len: int):
+def run_et(source, spec: str, docs, max_len: int, calib_tokens: int = 4096):
     from smolship.targets.executorch import quantize as Q
     from smolship.targets.executorch.target import PLANS
 
@@ -121,10 +121,10 @@ def run_et(source, spec: str, docs, max_len: int):
         parts = name.split(":")
         rules = [(p[2:], Q.SCHEMES["8da8w-rtn"]) for p in parts[1:] if p.startswith("8=")]
         plan = Q.QuantPlan(rules=(("lm_head", Q.W8DA8_RTN), *rules, (r".*", Q.SCHEMES[parts[0]])), embedding=Q.EMB4)
-    model = source.build(max_seq_len=max_len)
+    model = source.build(max_seq_len=max(max_len, 257))  # calibration pieces are 256 tokens
     seqs = None
     if plan.wants_gptq():
-        seqs = calibration_set(source, None, 4096, doc_tokens=256).sequences
+        seqs = calibration_set(source, None, calib_tokens, doc_tokens=256).sequences
     Q.apply_plan(model, plan, seqs)
     return model
 
@@ -157,15 +157,19 @@ def main() -> None:
                 from smolship.exporter.model import Llama
                 model = Llama.with_weights(source.config, sd, max_seq_len=max_len)
             else:
-                model, mb = run_et(source, cand, docs, max_len), None
+                model, mb = run_et(source, cand, docs, max_len, args.calib_tokens), None
             row = {"model": mname, "candidate": cand, **score(ref, logits_of(model, docs)),
                    "weights_mb": mb, "seconds": round(time.time() - t0, 1)}
             print(json.dumps(row), flush=True)
             rows.append(row)
+            save(args, rows)  # after every row: a sweep cut short keeps what it measured
+
+
+def save(args, rows: list) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
-    keep = [r for r in old if (r["model"], r["candidate"], r["tokens"]) not in
-            {(r2["model"], r2["candidate"], r2["tokens"]) for r2 in rows}]
+    new = {(r["model"], r["candidate"], r["tokens"]) for r in rows}
+    keep = [r for r in old if (r["model"], r["candidate"], r["tokens"]) not in new]
     args.out.write_text(json.dumps(envelope("benchmarks/offgrid_screen.py", {"eval_tokens": args.eval_tokens,
                                                                              "calib_tokens": args.calib_tokens,
                                                                              "argv": sys.argv[1:]}, keep + rows), indent=1))

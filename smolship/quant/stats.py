@@ -33,11 +33,11 @@ def collect(model, sequences: list[list[int]], inputs: dict[str, str], hessian_k
 
     def hook_for(key: str):
         def hook(_module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()  # (T, K)
-            sums[key] = sums.get(key, 0) + (x * x).sum(0)
+            x = args[0].reshape(-1, args[0].shape[-1]).float()  # (T, K)
+            sums[key] = sums.get(key, 0) + (x * x).sum(0).double()
             counts[key] = counts.get(key, 0) + x.shape[0]
-            if key in hessian_keys:
-                grams[key] = grams.get(key, 0) + x.t() @ x
+            if key in hessian_keys:  # float32 per sequence (a few hundred tokens), double across them: 4x faster
+                grams[key] = grams.get(key, 0) + (x.t() @ x).double()
         return hook
 
     try:
