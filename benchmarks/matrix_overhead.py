@@ -3,11 +3,13 @@ pool (--jobs 2) and with a local Ray (--ray, num_cpus = this machine's CPUs, one
 interleaved so that load from other programs on the machine falls on both alike. Writes JSON.
 
     python benchmarks/matrix_overhead.py --repeats 2 --out bench-results/matrix_overhead.json
+    python benchmarks/matrix_overhead.py --repeats 1 --order ray,local   # the other order
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +35,9 @@ runs = 3
 """
 
 
+BACKENDS = {"local": ["--jobs", "2"], "ray": ["--ray"]}  # 2 jobs at a time both ways (Ray: num_cpus=2, 1 CPU a job)
+
+
 def run(spec: Path, backend: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "smolship.cli", "matrix", str(spec), "--out", f"{tmp}/release", "--json", *backend]
@@ -54,11 +59,12 @@ def run(spec: Path, backend: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--order", default="local,ray", help="backends in the order run within each repeat")
     ap.add_argument("--out", type=Path, default=Path("bench-results/matrix_overhead.json"))
     args = ap.parse_args()
     from smolship.exporter.sources import load_model
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from test_matrix import tiny_folders  # the two tiny models of the tests (seed 0 and 1, HF folders)
+    from matrix_fixtures import tiny_folders  # the two tiny models of the tests (seed 0 and 1, HF folders)
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny_a, tiny_b = tiny_folders(load_model("random:tiny"), Path(tmp))
@@ -66,8 +72,9 @@ def main() -> None:
         spec.write_text(SPEC.format(tiny_a=tiny_a, tiny_b=tiny_b))
         runs = []
         for i in range(args.repeats):
-            for name, backend in (("local", ["--jobs", "2"]), ("ray", ["--ray"])):
-                row = {"run": i, "name": name, **run(spec, backend)}
+            for name in args.order.split(","):
+                row = {"run": i, "name": name, **run(spec, BACKENDS[name])}
+                row["sha256_of_all"] = hashlib.sha256(json.dumps(row["model_sha256"], sort_keys=True).encode()).hexdigest()
                 print(json.dumps({k: v for k, v in row.items() if k != "model_sha256"}), flush=True)
                 runs.append(row)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

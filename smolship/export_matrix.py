@@ -41,6 +41,8 @@ class TargetOutcome:
     fix: str | None = None
     log: str | None = None  # the libraries' output for this target (OUT/export-<target>.log)
     manifests: list[dict] = field(default_factory=list)  # of `bundles`, for a driver that cannot read them (URLs)
+    host: str | None = None  # where a matrix job ran, and for how long
+    seconds: float | None = None
 
 
 def budget_order(target) -> list[str]:

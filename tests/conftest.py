@@ -7,6 +7,7 @@ import pytest
 from smolship.exporter import load_model
 from smolship.validation.parity import ParitySettings
 from smolship.validation.validate import ValidationSettings, Validator
+from matrix_fixtures import local_matrix, matrix_spec  # noqa: F401  (the release matrix, shared by test_matrix and test_ray)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The release matrix on Ray: a local Ray instance started here (no cluster), the same spec as the local
 run in test_matrix.py, a job whose worker dies mid-run and is retried by Ray, progress streamed back to
-the driver, and the same model files (sha256) as the local process pool."""
+the driver, output to an fsspec URL, and the same model files (sha256) as the local process pool."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from smolship.errors import SmolshipError
-from test_matrix import local_matrix, matrix_spec, model_hashes  # noqa: F401  (shared session fixtures)
+from matrix_fixtures import model_hashes
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'smolship[ray]'")
 
@@ -32,16 +32,17 @@ def ray_instance(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_matrix(ray_instance, matrix_spec, tmp_path_factory):  # noqa: F811
+def ray_matrix(ray_instance, matrix_spec, tmp_path_factory):
     from smolship.matrix import load_spec, run_matrix
 
     ray_instance.write_text("random-tiny/gguf")  # that job's first worker dies with os._exit
     spec = load_spec(matrix_spec)
-    spec.out = str(tmp_path_factory.mktemp("matrix-ray") / "release")
+    out = tmp_path_factory.mktemp("matrix-ray") / "release"
+    spec.out = f"file://{out}"  # an fsspec URL: bundles staged on the worker, copied up manifest last
     events = []
     report = run_matrix(spec, ray=True, on_event=events.append)
     assert not ray_instance.exists() and ray_instance.with_name("fault.fired").exists()
-    return report, events, Path(spec.out)
+    return report, events, out
 
 
 def test_ray_retries_the_killed_job_and_streams_progress(ray_matrix):
@@ -59,9 +60,12 @@ def test_ray_retries_the_killed_job_and_streams_progress(ray_matrix):
     assert report["backend"].startswith("ray") and len(report["gate"]) == 4
     md = (out / "report.md").read_text()
     assert "## random-tiny" in md and "## tiny-b" in md and "broken/onnx" in md
+    assert all(r["path"] == f"file://{out}/{r['bundle']}" for r in report["rows"])
+    assert sorted(p.name for p in (out / "tiny-b").iterdir()) == ["export-gguf.log", "export-onnx.log", "gguf-q8_0",
+                                                                 "onnx-fp32"]  # nothing half-copied or staged
 
 
-def test_same_spec_gives_the_same_bundles_locally_and_on_ray(ray_matrix, local_matrix):  # noqa: F811
+def test_same_spec_gives_the_same_bundles_locally_and_on_ray(ray_matrix, local_matrix):
     ray_hashes, local_hashes = model_hashes(ray_matrix[0]), model_hashes(local_matrix["report"])
     assert len(ray_hashes) >= 4 and ray_hashes == local_hashes
     ray_rows = {r["bundle"]: r for r in ray_matrix[0]["rows"]}
@@ -69,7 +73,7 @@ def test_same_spec_gives_the_same_bundles_locally_and_on_ray(ray_matrix, local_m
         assert ray_rows[row["bundle"]]["kld_mean"] == pytest.approx(row["kld_mean"], rel=1e-6)
 
 
-def test_a_job_no_node_can_hold_fails_before_submitting(ray_instance, matrix_spec, tmp_path):  # noqa: F811
+def test_a_job_no_node_can_hold_fails_before_submitting(ray_instance, matrix_spec, tmp_path):
     from smolship.matrix import load_spec, run_matrix
 
     spec = load_spec(matrix_spec)

@@ -47,8 +47,8 @@ def job_display(enabled: bool):
 
 def matrix(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="TOML spec: models, targets, recipes or max_kld, eval and gate settings."),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
-                                      help="Run each job as a Ray task: --ray alone for a local Ray, --ray ADDRESS for a cluster."),
+    ray: bool = typer.Option(False, "--ray", help="Run each job as a Ray task (a local Ray unless --address names a cluster)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run on: auto, ray://head:10001, or host:port."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder (overrides the spec's `out`)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Local backend: jobs run at once (one process each)."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
@@ -62,7 +62,7 @@ def matrix(
     spec = load_spec(spec_path)
     spec.out = out or spec.out
     with job_display(not json_out) as on_event:
-        report = run_matrix(spec, ray=ray is not None, address=None if ray in (None, "local") else ray, jobs=jobs,
+        report = run_matrix(spec, ray=ray or address is not None, address=address, jobs=jobs,
                             force=force, on_event=on_event)
     if junit:
         from smolship.validation.gates import GateResult, write_junit

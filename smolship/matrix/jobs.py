@@ -92,14 +92,13 @@ def run_matrix_job(mjob: MatrixJob, emit: Callable[[dict], None], announce: bool
     """The job body on any backend: export and validate every recipe, streaming progress through emit.
 
     announce=False when the backend reports the start itself (the local pool knows its processes)."""
-    host = socket.gethostname()
     if announce:
         emit(start_event(mjob.key, os.getpid()))
-    _fault_once(mjob.key)
     last = {"t": 0.0, "desc": None}
 
     def progress_for(label: str):
         def progress(desc: str, frac: float) -> None:
+            _fault_once(mjob.key)  # mid-run: the model is loaded and the export has begun
             now = time.monotonic()
             if desc != last["desc"] or now - last["t"] > 0.5:  # a few events a second at most
                 last.update(t=now, desc=desc)
@@ -111,14 +110,24 @@ def run_matrix_job(mjob: MatrixJob, emit: Callable[[dict], None], announce: bool
     outcome = run_target_job(job, progress_for=progress_for)
     outcome.manifests = [read_manifest(Path(b)) for b in outcome.bundles]
     if mjob.url is not None:  # copy each finished bundle up (manifest last), then the job's log
-        outcome.bundles = [_publish(Path(b), store.join(mjob.url, Path(b).name)) for b in outcome.bundles]
-        if outcome.log and Path(outcome.log).is_file():
-            outcome.log = _publish_log(Path(outcome.log), store.join(mjob.url, Path(outcome.log).name))
-        shutil.rmtree(job.out, ignore_errors=True)
-    emit({"job": mjob.key, "kind": "failed" if outcome.error else "done", "host": host,
-          "seconds": round(time.perf_counter() - t0, 1), "bundles": [Path(b).name for b in outcome.bundles],
-          "error": outcome.error})
+        try:
+            outcome.bundles = [_publish(Path(b), store.join(mjob.url, Path(b).name)) for b in outcome.bundles]
+            if outcome.log and Path(outcome.log).is_file():
+                outcome.log = _publish_log(Path(outcome.log), store.join(mjob.url, Path(outcome.log).name))
+        except Exception as e:  # a storage error is this job's failure, not a lost worker to retry
+            outcome.bundles, outcome.manifests = [], []
+            outcome.error = f"copying the bundles to {mjob.url} failed: {type(e).__name__}: {e}"
+            outcome.fix = "Check the storage URL, its credentials and free space, then run the matrix again."
+        finally:
+            shutil.rmtree(job.out, ignore_errors=True)
+    outcome.host, outcome.seconds = socket.gethostname(), round(time.perf_counter() - t0, 1)
     return outcome
+
+
+def finished_event(key: str, outcome: TargetOutcome) -> dict:
+    """Sent by the driver once it holds the job's result (a worker's last message could be lost)."""
+    return {"job": key, "kind": "failed" if outcome.error else "done", "host": outcome.host,
+            "seconds": outcome.seconds, "bundles": [Path(b).name for b in outcome.bundles], "error": outcome.error}
 
 
 def _publish(bundle: Path, url: str) -> str:

@@ -14,7 +14,7 @@ from multiprocessing.connection import wait
 from typing import Callable
 
 from smolship.export_matrix import TargetOutcome
-from smolship.matrix.jobs import MatrixJob, run_matrix_job, start_event
+from smolship.matrix.jobs import MatrixJob, finished_event, run_matrix_job, start_event
 
 
 def _child(mjob: MatrixJob, send, events) -> None:
@@ -62,6 +62,8 @@ def run_local(mjobs: list[MatrixJob], parallel: int = 1, max_retries: int = 2,
             recv.close()
             del running[i]
             if results[i] is not None:
+                _drain(events, on_event)  # the job's last progress first
+                on_event(finished_event(mjobs[i].key, results[i]))
                 continue
             key, why = mjobs[i].key, f"exit code {proc.exitcode}"
             if attempts[i] <= max_retries:
@@ -70,5 +72,6 @@ def run_local(mjobs: list[MatrixJob], parallel: int = 1, max_retries: int = 2,
             else:
                 results[i] = TargetOutcome(mjobs[i].job.target, error=f"the worker of {key} died {attempts[i]} times ({why})",
                                            fix="Run this job alone to see what failed; check free memory (dmesg shows OOM kills).")
+                on_event(finished_event(key, results[i]))
     _drain(events, on_event)
     return results

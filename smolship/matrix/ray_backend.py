@@ -5,7 +5,8 @@ Each (model, target) job is one task that asks for what it uses: `num_cpus` = th
 fresh worker process (`max_calls=1`: no runtime state carried between jobs, like the local pool). A
 task whose worker dies (node lost, OOM kill) is re-run by Ray up to `max_retries` times; an error
 raised inside a job is not retried, it is reported (a bad recipe fails the same way twice).
-Progress events come back through a Ray queue actor to the driver's display.
+Progress events go to a small actor without waiting for it: a task blocked in ray.get lends its CPUs
+back to the scheduler, which then starts another job beside it (measured: more jobs than CPUs ran).
 Every node needs the same smolship install and a path to the spec's `out` folder (shared storage).
 """
 
@@ -15,14 +16,28 @@ from typing import Callable
 
 from smolship.errors import MissingDependencyError, SmolshipError
 from smolship.export_matrix import TargetOutcome
-from smolship.matrix.jobs import MatrixJob, run_matrix_job
+from smolship.matrix.jobs import MatrixJob, finished_event, run_matrix_job
 
 
-def _task(mjob: MatrixJob, events) -> TargetOutcome:
+class EventSink:
+    """Collects the jobs' events until the driver drains them (an actor with no CPU)."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def put(self, event: dict) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[dict]:
+        out, self.events = self.events, []
+        return out
+
+
+def _task(mjob: MatrixJob, sink) -> TargetOutcome:
     from smolship.logs import quiet_library_logs
 
     quiet_library_logs()
-    return run_matrix_job(mjob, events.put)
+    return run_matrix_job(mjob, lambda event: sink.put.remote(event))  # fire and forget: never block the job
 
 
 def _check_fits(ray, mjobs: list[MatrixJob]) -> None:
@@ -42,7 +57,6 @@ def run_ray(mjobs: list[MatrixJob], address: str | None = None, max_retries: int
             on_event: Callable[[dict], None] = lambda e: None) -> list[TargetOutcome]:
     try:
         import ray
-        from ray.util.queue import Empty, Queue
     except ImportError as e:
         raise MissingDependencyError("ray", "ray", e) from None
 
@@ -51,18 +65,19 @@ def run_ray(mjobs: list[MatrixJob], address: str | None = None, max_retries: int
         ray.init(address=address or None, log_to_driver=False, include_dashboard=False, configure_logging=False)
     try:
         _check_fits(ray, mjobs)
-        events = Queue(actor_options={"num_cpus": 0})
+        sink = ray.remote(num_cpus=0)(EventSink).remote()
         remote = ray.remote(max_calls=1)(_task)  # a fresh worker process per job
         refs = {}
         for i, m in enumerate(mjobs):
             ref = remote.options(num_cpus=m.cpus, memory=int(m.memory_mb * 1e6), max_retries=max_retries,
-                                 retry_exceptions=False, name=f"smolship:{m.key}").remote(m, events)
+                                 retry_exceptions=False, name=f"smolship:{m.key}").remote(m, sink)
             refs[ref] = i
         results: list[TargetOutcome | None] = [None] * len(mjobs)
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=0.25)
-            _drain(events, on_event, Empty)
+            for event in ray.get(sink.drain.remote()):
+                on_event(event)
             for ref in done:
                 i = refs[ref]
                 try:
@@ -71,16 +86,9 @@ def run_ray(mjobs: list[MatrixJob], address: str | None = None, max_retries: int
                     results[i] = TargetOutcome(mjobs[i].job.target, error=f"{mjobs[i].key} failed on Ray: {type(e).__name__}: "
                                                f"{str(e).splitlines()[0][:300]}",
                                                fix="Check the node's memory (the job's estimate is in the report) and Ray's logs.")
-        _drain(events, on_event, Empty)
+                on_event(finished_event(mjobs[i].key, results[i]))
         return results
     finally:
         if started:
             ray.shutdown()
 
-
-def _drain(events, on_event, Empty) -> None:
-    while True:
-        try:
-            on_event(events.get_nowait())
-        except Empty:
-            return
