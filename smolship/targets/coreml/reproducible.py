@@ -4,7 +4,9 @@
   in one export, `coreml_update_state_8` in the next one of the same process), so the counter is reset
   before each conversion and compression;
 - an .mlpackage's Manifest.json keys its items by fresh random UUIDs (libmodelpackage), so they are
-  replaced by UUIDs derived from each item's path (the keys are opaque: Core ML only follows them).
+  replaced by UUIDs derived from each item's path (the keys are opaque: Core ML only follows them);
+- protobuf writes map fields (op attributes, metadata) in hash order, which Python randomizes per
+  process (PYTHONHASHSEED), so model.mlmodel is rewritten with deterministic serialization.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ def reset_op_names() -> None:
     from coremltools.converters.mil.mil import Builder
 
     Builder.name_count.clear()
+
+
+def pin_package(package: Path) -> None:
+    """Deterministic model.mlmodel bytes and Manifest.json keys for a saved .mlpackage."""
+    from coremltools.proto import Model_pb2
+
+    spec_path = Path(package) / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+    pin_manifest(package)
 
 
 def pin_manifest(package: Path) -> None:

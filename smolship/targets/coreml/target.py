@@ -37,7 +37,7 @@ from smolship.targets.coreml.compress import PLANS, Plan, compress
 from smolship.targets.coreml.convert import convert, describe
 from smolship.targets.coreml.naming import weight_class
 from smolship.targets.coreml.runner import CoreMLRunner, runtime_unavailable_reason
-from smolship.targets.coreml.reproducible import pin_manifest, reset_op_names
+from smolship.targets.coreml.reproducible import pin_package, reset_op_names
 
 RECIPES = (
     Recipe("fp16", Precision.FP16, "fp16 weights and compute"),
@@ -110,7 +110,7 @@ class CoreMLTarget(Target):
         t0 = time.perf_counter()
         package = Path(out_dir) / readback.MODEL_FILE
         mlmodel.save(str(package))
-        pin_manifest(package)  # no random UUIDs in Manifest.json
+        pin_package(package)  # deterministic bytes: protobuf map order, Manifest.json UUIDs
         (Path(out_dir) / "config.json").write_text(json.dumps(hf_config(model), indent=2))
         save_s = time.perf_counter() - t0
         pkg = readback.read_package(package, list(model.state_dict), dense=False)
