@@ -45,14 +45,14 @@ def tiny_validator(tiny_model):
 
 
 @pytest.fixture(scope="session")
-def real_executorch_8da4w(default_model, default_validator, tmp_path_factory):
-    """The real 135M as the default ExecuTorch 4-bit bundle, exported and validated once (~2.5 min): (path, manifest)."""
+def real_executorch_8da8w(default_model, default_validator, tmp_path_factory):
+    """The real 135M as the ExecuTorch 8da8w bundle, exported and validated once (~2.5 min): (path, manifest)."""
     pytest.importorskip("executorch")
     from smolship.export import export_bundle
     from smolship.targets import ExportOptions, get_target
 
     out = tmp_path_factory.mktemp("real_executorch")
-    return export_bundle(default_model, "executorch", get_target("executorch").recipes["8da4w"], out,
+    return export_bundle(default_model, "executorch", get_target("executorch").recipes["8da8w"], out,
                          ExportOptions(max_seq_len=512), validator=default_validator)
 
 

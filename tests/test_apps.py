@@ -129,8 +129,11 @@ def test_official_apps_templates_after_the_cards_renames_are_this_chat_format(ti
 
 
 @pytest.mark.slow
-def test_real_executorch_bundle_answers_paris_and_stops_at_im_end(real_executorch_8da4w):
-    path, manifest = real_executorch_8da4w
+def test_real_executorch_bundle_answers_paris_and_stops_at_im_end(real_executorch_8da8w):
+    """8da8w, not 8da4w: on this prompt the reference's first tokens "The" / "L" are close, and the 8da4w
+    bundle of this tree (measured 2026-12-01) answers "L'Étoile, la Marseilla, ..." and never stops within
+    64 tokens, as ONNX int4 does (tests/test_target_onnx.py uses int8 for the same reason)."""
+    path, manifest = real_executorch_8da8w
     fmt = chat_format.read(path)
     pieces, stats = _text_llm_runner(path, fmt.render(QUESTION), 64)
     assert "Paris" in "".join(pieces), pieces
