@@ -32,7 +32,8 @@ WEB_DIR = Path(__file__).resolve().parents[1] / "examples" / "web"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 QUESTION = "What is the capital of France?"
 # WASM kernels (onnxruntime-web's MatMulNBits / GroupQueryAttention builds) round differently from
-# native ONNX Runtime's; on the same 128 tokens the browser measured within 0.002 of the native figure.
+# native ONNX Runtime's (the browser keeps float activations where native int4 rounds them to int8): the stated
+# allowance above the bundle's own validated figure; the test prints the browser's measured kld_mean.
 KLD_TOLERANCE = 0.005
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")]
