@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Write a long story about a robot who learns to paint."
 
@@ -110,16 +112,14 @@ def main() -> None:
     finally:
         browser.close()
     manifest = json.loads((bundle / "manifest.json").read_text())
-    result = {
-        "bundle": str(args.bundle), "recipe": manifest["quant"]["recipe"], "prompt": PROMPT,
-        "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
-        "note": "shared 2-core machine: other jobs ran meanwhile; clients interleaved round by round",
-        "median_decode_tok_s": {k: round(statistics.median(x["decode_tok_s"] for x in v), 1) for k, v in runs.items()},
-        "runs": runs,
-    }
+    result = envelope("js_clients", {"bundle": str(args.bundle), "recipe": manifest["quant"]["recipe"], "prompt": PROMPT,
+                                     "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
+                                     "order": "clients interleaved round by round"},
+                      runs, median_decode_tok_s={k: round(statistics.median(x["decode_tok_s"] for x in v), 1)
+                                                 for k, v in runs.items()})
     print(json.dumps(result["median_decode_tok_s"], indent=2))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write(args.json, result)
 
 
 if __name__ == "__main__":

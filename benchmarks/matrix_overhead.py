@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from envelope import envelope, write  # benchmarks/envelope.py: the one result format
 
 SPEC = """
 models = ["{tiny_a}", "{tiny_b}"]
@@ -77,13 +78,12 @@ def main() -> None:
                 row["sha256_of_all"] = hashlib.sha256(json.dumps(row["model_sha256"], sort_keys=True).encode()).hexdigest()
                 print(json.dumps({k: v for k, v in row.items() if k != "model_sha256"}), flush=True)
                 runs.append(row)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     first = runs[0]["model_sha256"]
-    result = {"commit": commit, "cpu_count": os.cpu_count(), "note": "machine shared with other agents' work; runs interleaved",
-              "same_bundles_every_run": all(r["model_sha256"] == first for r in runs),
-              "runs": [{k: v for k, v in r.items() if k != "model_sha256"} for r in runs]}
-    args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    result = envelope("matrix_overhead", {"repeats": args.repeats, "order": args.order, "models": "2 tiny HF folders"},
+                      [{k: v for k, v in r.items() if k != "model_sha256"} for r in runs],
+                      same_bundles_every_run=all(r["model_sha256"] == first for r in runs))
+    write(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "machine")}))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from offgrid_screen import SPECS, envelope  # noqa: E402
+from envelope import envelope, write  # noqa: E402  (benchmarks/envelope.py)
+from offgrid_screen import SPECS  # noqa: E402
 
 from smolship.export import export_bundle  # noqa: E402
 from smolship.exporter import load_model  # noqa: E402
@@ -75,9 +76,8 @@ def main() -> None:
     old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     key = lambda r: (r["model"], r["target"], r["recipe"], json.dumps(r["knobs"], sort_keys=True))  # noqa: E731
     new = {key(r) for r in rows}
-    args.out.write_text(json.dumps(envelope("benchmarks/offgrid_matrix.py", {"eval_tokens": args.eval_tokens,
-                                                                             "argv": sys.argv[1:]},
-                                            [r for r in old if key(r) not in new] + rows), indent=1))
+    write(args.out, envelope("offgrid_matrix", {"eval_tokens": args.eval_tokens},
+                             [r for r in old if key(r) not in new] + rows))
 
 
 if __name__ == "__main__":

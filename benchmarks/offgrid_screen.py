@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,18 +32,8 @@ FUSED = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_a
          "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
          "mlp.down_proj": "down_proj"}
 SPECS = {"default": None, "offgrid": "offgrid:smollm2-135m?seed=0"}
-
-
-def envelope(script: str, settings: dict, rows: list) -> dict:
-    """One result shape for the off-grid benchmarks: commit, machine, versions, settings, rows."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True).stdout.strip())
-    import onnxruntime
-
-    return {"script": script, "commit": commit + ("-dirty" if dirty else ""), "machine": platform.node(),
-            "cpus": __import__("os").cpu_count(), "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-            "settings": settings, "rows": rows, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+sys.path.insert(0, str(Path(__file__).parent))
+from envelope import envelope, write  # noqa: E402  (benchmarks/envelope.py: the one result format)
 
 
 @torch.inference_mode()
@@ -170,9 +158,8 @@ def save(args, rows: list) -> None:
     old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     new = {(r["model"], r["candidate"], r["tokens"]) for r in rows}
     keep = [r for r in old if (r["model"], r["candidate"], r["tokens"]) not in new]
-    args.out.write_text(json.dumps(envelope("benchmarks/offgrid_screen.py", {"eval_tokens": args.eval_tokens,
-                                                                             "calib_tokens": args.calib_tokens,
-                                                                             "argv": sys.argv[1:]}, keep + rows), indent=1))
+    write(args.out, envelope("offgrid_screen", {"eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens},
+                             keep + rows))
 
 
 if __name__ == "__main__":
