@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what examples/web and examples/node need: Debian's chromium (for the browser test) and the
 # npm packages pinned by each folder's package-lock.json. Idempotent: a second run installs nothing and
-# needs no network (npm ci is skipped while node_modules matches the lockfile).
+# needs no network (npm is skipped while node_modules matches the lockfile).
 #
 #   bash examples/setup-js.sh            # both folders + chromium
 #   SKIP_CHROMIUM=1 bash examples/setup-js.sh
@@ -27,7 +27,10 @@ for dir in "$here/web" "$here/node"; do
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         continue  # already installed from this lockfile
     fi
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    # `npm ci` refuses node-llama-cpp's lockfile: npm leaves the optional prebuilt packages of other platforms
+    # (win-x64, mac-arm64-metal, ...) out of it, then reports them "missing". `npm install --no-save`
+    # installs the lockfile's exact versions and writes nothing back.
+    (cd "$dir" && npm install --no-save --no-audit --no-fund --loglevel=error)
     echo "$want" > "$stamp"
 done
 echo "setup-js: chromium $(command -v chromium >/dev/null && chromium --version 2>/dev/null | awk '{print $2}' || echo skipped), node $(node --version), examples/web + examples/node installed"
