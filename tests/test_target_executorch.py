@@ -291,12 +291,16 @@ def test_real_135m_default_4bit_recipe(default_model, default_validator, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["int8", "8da8w"])
-def test_real_135m_8bit_recipes(default_model, default_validator, tmp_path, target, recipe):
+def test_real_135m_8bit_recipes(default_model, default_validator, tmp_path, target, recipe, request):
     """The issue's bound, kld_mean <= 0.004; on 2,048 tokens int8 measures 0.0030 and 8da8w 0.0034
-    (block-mean offsets and the two-plane lm_head: see PLANS in target.py)."""
+    (block-mean offsets and the two-plane lm_head: see PLANS in target.py). 8da8w is the session's shared
+    bundle (the same export the apps' runner test uses: one export, not two)."""
     max_kld = 0.004
-    path, manifest = export_bundle(default_model, "executorch", target.recipes[recipe], tmp_path,
-                                   ExportOptions(max_seq_len=512), validator=default_validator)
+    if recipe == "8da8w":
+        path, manifest = request.getfixturevalue("real_executorch_8da8w")
+    else:
+        path, manifest = export_bundle(default_model, "executorch", target.recipes[recipe], tmp_path,
+                                       ExportOptions(max_seq_len=512), validator=default_validator)
     v = manifest["validation"]
     assert v["kld_mean"] <= max_kld and v["top1_agreement"] >= 0.95, v
 
