@@ -115,13 +115,16 @@ let lastLogits = null;
 let lastVocab = 0;
 async function logits(ids, prefill = 32) {
   const { model } = state;
-  let past = {};
+  // No cache on the first call: transformers.js 4.x builds its own empty cache then, and calls
+  // `update` on anything truthy it is given, so an empty object would fail.
+  let past = undefined;
   const step = async (chunk, total) => {
-    const out = await model({
+    const inputs = {
       input_ids: new Tensor("int64", BigInt64Array.from(chunk.map(BigInt)), [1, chunk.length]),
       attention_mask: new Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]),
-      past_key_values: past,
-    });
+    };
+    if (past) inputs.past_key_values = past;
+    const out = await model(inputs);
     past = {};
     for (const [name, t] of Object.entries(out)) {
       if (name.startsWith("present")) past[name.replace("present", "past_key_values")] = t;
