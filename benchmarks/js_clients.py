@@ -17,7 +17,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 from envelope import envelope, write  # benchmarks/envelope.py: the one result format
@@ -29,22 +28,14 @@ PROMPT = "Write a long story about a robot who learns to paint."
 def genai_decode(bundle: Path, threads: int, max_new: int) -> dict:
     import onnxruntime_genai as og
 
-    config = og.Config(str(bundle))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    model = og.Model(config)
+    from smolship.targets.onnx import genai_loop
+
+    model = genai_loop.load_model(bundle, threads)
     tok = og.Tokenizer(model)
     prompt = tok.apply_chat_template(json.dumps([{"role": "user", "content": PROMPT}]), add_generation_prompt=True)
-    ids = tok.encode(prompt)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    stamps = []
-    while not gen.is_done() and len(stamps) < max_new:
-        gen.generate_next_token()
-        stamps.append(time.perf_counter())
+    tokens, stamps = genai_loop.greedy(model, list(tok.encode(prompt)), max_new)
     n = len(stamps) - 1
-    return {"tokens": len(stamps), "decode_tok_s": n / (stamps[-1] - stamps[0]) if n > 0 else None}
+    return {"tokens": len(tokens), "decode_tok_s": n / (stamps[-1] - stamps[0]) if n > 0 else None}
 
 
 def node_decode(bundle: Path, threads: int, max_new: int) -> dict:

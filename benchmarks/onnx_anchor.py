@@ -88,7 +88,8 @@ def folder_runner(folder: Path, threads: int | None = None) -> OnnxRunner:
 
 
 def model_mb(folder: Path) -> float:
-    return round(sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith("model.onnx")) / 1e6, 1)
+    """Graph + external data wherever the folder keeps them (ours: onnx/model_q4.onnx(_data); the builder's: model.onnx(.data))."""
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".onnx" in p.name) / 1e6, 1)
 
 
 def ours(source, recipe: str, out: Path, extra: dict | None = None) -> Path:

@@ -25,6 +25,7 @@ from smolship import chat_format, model_card
 from smolship.export import bundle_name, export_bundle
 from smolship.generate import generate
 from smolship.targets import ExportOptions, get_target
+from smolship.targets.onnx import genai_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 ANDROID, IOS = ROOT / "examples" / "android", ROOT / "examples" / "ios"
@@ -167,14 +168,7 @@ def test_onnxruntime_genai_loads_only_the_files_the_card_lists(tiny_bundle, tiny
     assert ids == tiny_model.tokenizer.encode(fmt.render(QUESTION), add_bos=False)
     eos = json.loads((app / "genai_config.json").read_text())["model"]["eos_token_id"]
     assert sorted(eos if isinstance(eos, list) else [eos]) == sorted(fmt.stop_ids)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + 8, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got, _ = genai_loop.greedy(model, ids, 8)
     runner = get_target("onnx").load_runner(path, manifest)
     assert got == list(generate(runner, ids, len(got)))  # the same graph through smolship's runner
 

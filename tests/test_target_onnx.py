@@ -19,6 +19,7 @@ from smolship.runner import ReferenceRunner
 from smolship.targets import ExportOptions, get_target
 from smolship.targets.onnx.blockquant import BlockQuant, dequantize, quantize_weight
 from smolship.targets.onnx.export import export_onnx, save_model
+from smolship.targets.onnx import genai_loop
 from smolship.targets.onnx.graph_model import FusedDecoder, io_names
 from smolship.targets.onnx.runner import OnnxRunner
 
@@ -143,15 +144,7 @@ def test_genai_runs_the_bundle_and_agrees_with_our_runner(tiny_bundles):
     path, manifest = tiny_bundles["int4"]
     prompt = _tokens(12, seed=3)
     ours = _greedy(get_target("onnx").load_runner(path, manifest), prompt, 10)
-    model = og.Model(str(path))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + 10, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(prompt)
-    got = []
-    while not gen.is_done() and len(got) < 10:
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got, _ = genai_loop.greedy(og.Model(str(path)), prompt, 10)
     assert got == ours[: len(got)] and len(got) >= 5
     assert json.loads((path / "genai_config.json").read_text())["search"]["past_present_share_buffer"] is True
 
@@ -223,14 +216,7 @@ def test_real_int8_generates_in_onnxruntime_genai_what_our_runner_generates(defa
     prompt = default_model.tokenizer.render_chat([{"role": "user", "content": "What is the capital of France?"}])
     ids = tokenizer.encode(prompt)
     assert list(ids) == default_model.tokenizer.encode(prompt, add_bos=False)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + 24, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    out = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        out.append(int(gen.get_next_tokens()[0]))
+    out, _ = genai_loop.greedy(model, list(ids), 24)
     ours = list(generate(get_target("onnx").load_runner(path, manifest), list(ids), max_new_tokens=len(out),
                          stop_ids=default_model.tokenizer.stop_ids))
     assert out[:len(ours)] == ours, (tokenizer.decode(out), tokenizer.decode(ours))

@@ -40,6 +40,10 @@ def validate(
     from smolship.preflight import check_validate
 
     check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file)
+    if gate or junit:
+        from smolship.validation.gates import check_project_gate, load_project_gate
+
+        check_project_gate(load_project_gate())
     manifests = _manifests(bundles, verify)
     settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
                                   latency=LatencySettings(threads=threads))

@@ -44,12 +44,26 @@ def load_project_gate(start: Path = Path.cwd()) -> dict:
 
 
 def thresholds_for(precision: str, project: dict, cli: Thresholds) -> Thresholds:
+    """Defaults for the precision, then the project's global keys, then its per-precision table, then the CLI."""
     base = Thresholds(**DEFAULTS.get(precision, {}))
     glob = {k: v for k, v in project.items() if not isinstance(v, dict)}
     per = project.get(precision, {})
-    t = replace(base, **glob, **per)
+    settings = {**glob, **per}  # a per-precision value overrides the same key set for every precision
+    unknown = sorted(set(settings) - set(vars(base)))
+    if unknown:
+        from smolship.errors import SmolshipError
+
+        raise SmolshipError(f"[tool.smolship.gate] in pyproject.toml sets unknown threshold(s): {', '.join(unknown)}.",
+                            f"Use only {', '.join(sorted(vars(base)))} (globally or in a per-precision table).")
+    t = replace(base, **settings)
     overrides = {k: v for k, v in vars(cli).items() if v is not None}
     return replace(t, **overrides)
+
+
+def check_project_gate(project: dict) -> None:
+    """Fail on a bad [tool.smolship.gate] before any bundle is measured."""
+    for precision in DEFAULTS:
+        thresholds_for(precision, project, Thresholds())
 
 
 def check(row: dict, t: Thresholds) -> GateResult:
