@@ -18,6 +18,18 @@ from smolship.targets.base import no_progress
 from smolship.validation.validate import Validator, save_validation
 
 
+def check_knobs(target, options: ExportOptions) -> None:
+    """Unknown or ill-typed ExportOptions.extra keys fail before any work (targets/knobs.py)."""
+    from smolship.errors import SmolshipError
+    from smolship.targets.knobs import parse
+
+    if target.knobs is not None:
+        parse(target.knobs, options.extra, target.name)
+    elif options.extra:
+        raise SmolshipError(f"The {target.name} target takes no extra options (got {', '.join(sorted(options.extra))}).",
+                            "Leave ExportOptions.extra empty for this target.")
+
+
 def bundle_name(target: str, recipe: str) -> str:
     return f"{target}-{recipe}"
 
@@ -28,6 +40,7 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
     """Export, package and (unless validator is None) validate one bundle; returns (path, manifest)."""
     options = options or ExportOptions()
     target = get_target(target_name)
+    check_knobs(target, options)
     final = Path(out) / bundle_name(target_name, recipe.name)
     with atomic_bundle(final, force=force) as tmp:
         t0 = time.perf_counter()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from smolship.logs import library_output_to
 
 ROOT = Path(__file__).resolve().parents[1]
 

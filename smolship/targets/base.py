@@ -37,7 +37,7 @@ class ExportOptions:
     max_seq_len: int = 2048
     keep_embeddings_fp: bool = False  # keep token embedding / lm_head unquantized in low-bit recipes
     calibration_text: str | None = None  # for recipes that calibrate (imatrix, GPTQ...)
-    extra: dict = field(default_factory=dict)  # target-specific knobs
+    extra: dict = field(default_factory=dict)  # target-specific knobs: the target's `knobs` dataclass says which
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Target(ABC):
     recipes: ClassVar[dict[str, Recipe]]
     default_recipes: ClassVar[tuple[str, ...]]
     runtime_available_reason: ClassVar[str | None] = None  # e.g. "Core ML runs on macOS only"
+    knobs: ClassVar[type] = None  # dataclass of what ExportOptions.extra may hold (targets.knobs.parse); None: nothing
 
     @abstractmethod
     def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,

@@ -5,15 +5,13 @@ quantize by plan (quantize.py) -> torch.export with a dynamic token dimension ->
 and serialization (lower.py, partition.py). The `.pte` carries the constant methods ExecuTorch's
 LLM runner reads, so it runs in the Android / iOS demo apps with the bundle's tokenizer.json.
 
-Knobs in ``ExportOptions.extra`` (see quantize.with_overrides): ``embedding_bits`` (4 | 8),
-``lm_head`` ("w8" | "w8-rtn" | "w8x2" | "8da8w" | "8da8w-rtn" | "8da4w" | "8da4w-sym" | "fp32"), ``group_size`` (4-bit groups, multiple of 32),
-``rules`` ([[regex, scheme], ...] on linear names, before the recipe's own rules),
-``max_prefill_len`` (tokens per forward call, default 256: it sizes the activation memory).
+Knobs in ``ExportOptions.extra``: `ExecuTorchKnobs` below (typed, checked before any work).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import executorch  # noqa: F401  (the registry imports this module only when executorch is installed)
@@ -30,6 +28,7 @@ from smolship.targets.base import (
 )
 from smolship.targets.executorch import quantize as Q
 from smolship.targets.executorch.runner import ExecuTorchRunner
+from smolship.targets.knobs import knob
 from smolship.validation.latency import peak_rss_mb
 
 MODEL_FILE = "model.pte"
@@ -107,9 +106,22 @@ def calibrate(model, llama, plan: Q.QuantPlan, options: ExportOptions) -> tuple[
     return (seqs if plan.wants_gptq() else None), cal.record
 
 
+@dataclass(frozen=True)
+class ExecuTorchKnobs:
+    """ExportOptions.extra for ExecuTorch (quantize.with_overrides applies the quantization ones)."""
+
+    embedding_bits: int | None = knob(None, "4 | 8: bits of the quantized embedding (default: the recipe's)")
+    lm_head: str | None = knob(None, "scheme of the lm_head: w8 | w8-rtn | w8x2 | 8da8w | 8da8w-rtn | 8da4w | 8da4w-sym | fp32")
+    group_size: int | None = knob(None, "4-bit group size, a multiple of 32 dividing hidden and intermediate (default 32)")
+    rules: list = knob([], "[[regex, scheme | 'fp32'], ...] on linear names, checked before the recipe's own rules")
+    smooth_alpha: float | None = knob(None, "SmoothQuant alpha (0 = off; default: the recipe's)")
+    max_prefill_len: int | None = knob(None, "tokens per forward call (default 256: it sizes the activation memory)")
+
+
 class ExecuTorchTarget(Target):
     name = "executorch"
     extra = "executorch"
+    knobs = ExecuTorchKnobs
     recipes = RECIPES
     default_recipes = ("8da8w", "8da4w")
 

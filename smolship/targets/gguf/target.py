@@ -4,16 +4,7 @@ The chain: check the source -> plan each tensor's type (plan.py) -> write with g
 either the final file (float and 32-block types) or an intermediate that llama.cpp's own quantizer
 turns into a k-quant mixture (quantize.py, with an importance matrix from imatrix.py).
 
-Target-specific knobs in ``ExportOptions.extra``:
-  ``embedding_type``  ggml type for token_embd / untied output (e.g. "Q4_0" for an all-4-bit variant)
-  ``tensor_types``    {regex on GGUF tensor name: ggml type}, first match wins (both quantizers)
-  ``imatrix``         False to quantize k-quants without an importance matrix (default True)
-  ``imatrix_tokens``  calibration tokens (default 2048; ExportOptions.calibration_text, else the eval set)
-  ``keep_source_blocks``  False to let llama.cpp re-quantize a GGUF source's 32-block tensors where it
-                      falls back from a k-quant (default True: those blocks are copied, see plan.py)
-  ``quantizer``       "llama.cpp" to send a 32-block type through llama.cpp (with the imatrix) too
-  ``threads``         quantizer threads (default: all cores)
-  ``license``         general.license when the source does not say
+Target-specific knobs in ``ExportOptions.extra``: `GGUFKnobs` below (typed, checked before any work).
 """
 
 from __future__ import annotations
@@ -34,6 +25,7 @@ from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
 from smolship.targets.gguf.runner import LlamaCppRunner
 from smolship.targets.gguf.writer import write_gguf
+from smolship.targets.knobs import knob
 
 MODEL_FILE = "model.gguf"
 INTERMEDIATE = ".intermediate.gguf"
@@ -71,9 +63,24 @@ def copied_tensor_count(out: Path, table: list[TensorEntry], source) -> int:
     return n
 
 
+@dataclasses.dataclass(frozen=True)
+class GGUFKnobs:
+    """ExportOptions.extra for GGUF."""
+
+    embedding_type: str | None = knob(None, "ggml type for token_embd / untied output (e.g. Q4_0 for an all-4-bit variant)")
+    tensor_types: dict = knob({}, "{regex on GGUF tensor name: ggml type}, first match wins (both quantizers)")
+    imatrix: bool = knob(True, "False: quantize k-quants without an importance matrix")
+    imatrix_tokens: int | None = knob(None, "calibration tokens (default 2048; held-out text unless calibration_text)")
+    keep_source_blocks: bool = knob(True, "False: let llama.cpp re-quantize a GGUF source's 32-block tensors where it falls back from a k-quant")
+    quantizer: str | None = knob(None, "'llama.cpp' to send a 32-block type through llama.cpp (with the imatrix) too")
+    threads: int = knob(0, "quantizer threads (0: all cores)")
+    license: str | None = knob(None, "general.license when the source does not say")
+
+
 class GGUFTarget(Target):
     name = "gguf"
     extra = "gguf"
+    knobs = GGUFKnobs
     recipes = RECIPES
     default_recipes = DEFAULT_RECIPES
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smolship.targets.base import ExportOptions, Precision, Recipe
+from smolship.targets.knobs import knob, parse
 from smolship.targets.onnx.blockquant import BlockQuant
 from smolship.targets.onnx.quantize import QuantPlan, QuantRule
 
@@ -59,27 +60,36 @@ class RecipePlan:
     smooth_alpha: float | None = None  # SmoothQuant strength for the norm-fed matrices (int8 activations)
 
 
+@dataclass(frozen=True)
+class OnnxKnobs:
+    """ExportOptions.extra for the ONNX target (checked by targets.knobs.parse before any work)."""
+
+    lm_head_bits: int = knob(8, "bits of the tied embedding / lm_head (8, or 4 for speed at an accuracy cost)")
+    int4_method: str = knob(INT4_METHOD, "int4 block grid: rtn | mse | gptq | offset | offset-search | offset-gptq")
+    int4_symmetric: bool = knob(False, "int4 blocks without zero points")
+    int4_eight_bit: list = knob(list(INT4_EIGHT_BIT), "regexes of layer weights kept at 8 bits in int4")
+    smooth_alpha: float | None = knob(None, "SmoothQuant alpha (default: 0.5 for int8, off for int4; 0 = off)")
+    accuracy_level: int = knob(4, "MatMulNBits accuracy_level (4 = int8 activations, 0 = float)")
+
+
 def plan_for(recipe: Recipe, options: ExportOptions) -> RecipePlan:
-    """Recipe + user options -> what to export. extra knobs: int4_method, int4_eight_bit, accuracy_level,
-    lm_head_bits (8 | 4), smooth_alpha."""
+    """Recipe + user options (OnnxKnobs) -> what to export."""
     if recipe.name in ("fp32", "fp16"):
         return RecipePlan("float32" if recipe.name == "fp32" else "float16", None)
-    extra = options.extra or {}
+    k = parse(OnnxKnobs, options.extra, "onnx")
     head = None if options.keep_embeddings_fp else EMBEDDING_8BIT
-    if int(extra.get("lm_head_bits", 8)) == 4 and head is not None:
+    if k.lm_head_bits == 4 and head is not None:
         # half the bytes a decode step reads for the 49k-row head (speed), at an accuracy cost the
         # anchor benchmark's front measures; the gather shares it, so int zero points (rtn), not offsets
         head = BlockQuant(bits=4, block_size=32, symmetric=False, method="rtn")
     if recipe.name == "int8":
         layers, eight_bit = INT8_LAYERS, ()
     else:
-        layers = BlockQuant(bits=4, block_size=32, symmetric=bool(extra.get("int4_symmetric", False)),
-                            method=extra.get("int4_method", INT4_METHOD))
-        eight_bit = tuple(extra.get("int4_eight_bit", INT4_EIGHT_BIT))
+        layers = BlockQuant(bits=4, block_size=32, symmetric=k.int4_symmetric, method=k.int4_method)
+        eight_bit = tuple(k.int4_eight_bit)
     rules = (QuantRule(r"lm_head", head),
              *(QuantRule(p, INT8_LAYERS) for p in eight_bit),
              QuantRule(r"layers\.\d+\.\w+", layers))
     # int8: activation rounding dominates its error, so smooth; int4 keeps the Q4_1 grid intact instead
-    alpha = extra.get("smooth_alpha", INT8_SMOOTH_ALPHA if recipe.name == "int8" else None)
-    return RecipePlan("float32", QuantPlan(rules=rules, embedding=head,
-                                           accuracy_level=int(extra.get("accuracy_level", 4))), alpha)
+    alpha = k.smooth_alpha if k.smooth_alpha is not None else (INT8_SMOOTH_ALPHA if recipe.name == "int8" else None)
+    return RecipePlan("float32", QuantPlan(rules=rules, embedding=head, accuracy_level=k.accuracy_level), alpha)

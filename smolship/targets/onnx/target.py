@@ -17,12 +17,13 @@ import onnxruntime  # noqa: F401  (the registry imports this target only when th
 from smolship.errors import SmolshipError
 from smolship.runner import Runner
 from smolship.targets.base import ExportOptions, ExportResult, Progress, Recipe, Target, no_progress
-from smolship.targets.onnx.recipes import DEFAULT_RECIPES, RECIPES, plan_for
+from smolship.targets.onnx.recipes import DEFAULT_RECIPES, RECIPES, OnnxKnobs, plan_for
 
 
 class OnnxTarget(Target):
     name = "onnx"
     extra = "onnx"
+    knobs = OnnxKnobs
     recipes = RECIPES
     default_recipes = DEFAULT_RECIPES
 
