@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from smolship.errors import SmolshipError
+from smolship.process_stats import peak_rss_mb  # noqa: F401  (re-exported: workers report it)
 from smolship.runner import Runner
 
 
@@ -118,19 +118,6 @@ class MachineLoad:
         others = (busy(total) - busy(self.total)) - ((own.user + own.system) - (self.own.user + self.own.system))
         capacity = wall * (psutil.cpu_count() or 1)
         return max(0.0, min(1.0, others / capacity)) if capacity > 0 else None
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS since its exec (/proc VmHWM). ru_maxrss is not: Linux carries the parent's
-    high-water mark across fork+exec, so a worker spawned by a 4 GB export would report 4 GB."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:  # not Linux: ru_maxrss is bytes on macOS, kB elsewhere
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def thread_env(threads: int | None) -> dict:

@@ -29,7 +29,7 @@ from smolship.targets.base import (
 from smolship.targets.executorch import quantize as Q
 from smolship.targets.executorch.runner import ExecuTorchRunner
 from smolship.targets.knobs import knob
-from smolship.validation.latency import peak_rss_mb
+from smolship.process_stats import peak_rss_mb
 
 MODEL_FILE = "model.pte"
 
