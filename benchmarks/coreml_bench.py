@@ -87,13 +87,12 @@ def run_case(model: str, recipe_name: str, max_seq_len: int, parity: bool, eval_
             "plan": result.info["plan"], "storage": result.info["storage"],
         }
         if parity:
-            from smolship.targets.coreml.target import expected_compression
-            from smolship.targets.coreml.weight_parity import weight_parity
+            from smolship.targets import get_target
+            from smolship.validation.weight_parity import weight_parity
 
             manifest = {"max_seq_len": max_seq_len, "target_info": result.info}
             t0 = time.perf_counter()
-            wp = weight_parity(Path(tmp), manifest, source, expected_compression(result.info["plan"], source.state_dict),
-                               eval_tokens=eval_tokens)
+            wp = weight_parity(get_target("coreml"), Path(tmp), manifest, source, eval_tokens=eval_tokens)
             out["weight_parity_s"] = round(time.perf_counter() - t0, 1)
             out["weight_parity"] = {k: wp[k] for k in ("kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
                                                        "nll_delta", "greedy_match", "eval_tokens", "structure_ok",

@@ -30,7 +30,7 @@ from smolship.targets.coreml.convert import trace
 from smolship.targets.coreml.graph_runner import GraphRunner
 from smolship.targets.coreml.stateful import StatefulLlama
 from smolship.targets.coreml.target import expected_compression
-from smolship.targets.coreml.weight_parity import weight_parity
+from smolship.validation.weight_parity import weight_parity
 from smolship.validation.parity import measure_parity
 
 TARGET = get_target("coreml")
@@ -220,8 +220,7 @@ def test_max_seq_len_out_of_range(tiny_model, tmp_path):
 @pytest.mark.parametrize("recipe", ["fp16", "w4"])
 def test_weight_parity_tiny(tiny_bundles, tiny_model, recipe):
     bundle, manifest = tiny_bundles[recipe]
-    want = expected_compression(manifest["target_info"]["plan"], tiny_model.state_dict)
-    wp = weight_parity(bundle, manifest, tiny_model, want, eval_tokens=256)
+    wp = weight_parity(TARGET, bundle, manifest, tiny_model, eval_tokens=256)
     assert wp["structure_ok"], wp["structure_problems"]
     if recipe == "fp16":  # fp16 weight rounding only: relative error ~2e-4 per weight
         assert wp["max_abs_logit_diff"] < 0.05 and wp["top1_agreement"] >= 0.99

@@ -79,6 +79,7 @@ class Target(ABC):
         """Whether this machine can execute the artifact (Core ML: macOS only)."""
         return True, None
 
-    def weight_parity(self, bundle: Path, manifest: dict, source) -> dict | None:
-        """Parity measured without the runtime (Core ML on Linux). None when not applicable."""
+    def stored_weights(self, bundle: Path, manifest: dict, source, max_seq_len: int):
+        """The artifact's weights read back as Runners (`facts`, `weights_runner()`, `graph_runner()`), for
+        parity without the runtime (Core ML off macOS: validation.weight_parity). None when not applicable."""
         return None

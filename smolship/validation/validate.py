@@ -1,7 +1,7 @@
 """Validate a bundle: open its Runner in the real runtime, measure parity and latency, record both.
 
-Where the runtime cannot run on this machine (Core ML off macOS), the target's `weight_parity`
-(weights read back from the artifact, run through the reference graph) is reported instead and the
+Where the runtime cannot run on this machine (Core ML off macOS), `weight_parity` over the
+target's `stored_weights` (weights read back from the artifact, run through the reference graph) is reported instead and the
 result says plainly that the runtime did not run and why.
 """
 
@@ -16,6 +16,7 @@ from smolship.errors import SmolshipError
 from smolship.exporter.sources import SourceModel, load_model
 from smolship.runner import ReferenceRunner, Runner
 from smolship.targets import get_target
+from smolship.validation.weight_parity import weight_parity
 from smolship.validation.evalset import load_eval
 from smolship.validation.latency import LatencySettings, latency_in_worker
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
@@ -80,7 +81,7 @@ class Validator:
                 runner.close()
             if self.settings.measure_latency:
                 result.update(latency_in_worker(bundle, self.settings.latency))
-        weight = target.weight_parity(bundle, manifest, self.source)
+        weight = weight_parity(target, bundle, manifest, self.source)
         if weight is not None:
             result["weight_parity"] = weight
             if not can_run:  # the best available evidence fills the headline metrics, flagged as such

@@ -4,7 +4,7 @@ export = convert (fp16, convert.py) -> compress (compress.py) -> metadata -> sav
 -> read the saved package back and check its structure (readback.py). The fp16 conversion of one
 source is kept for the next recipe of the same export run, so `--target coreml` with the default
 recipes traces and converts once. Validation runs the real runtime on macOS 15+ (runner.py) and,
-everywhere, `weight_parity` (weight_parity.py).
+everywhere, validation.weight_parity over the weights read back as Runners (stored_weights.py).
 """
 
 from __future__ import annotations
@@ -148,8 +148,9 @@ class CoreMLTarget(Target):
             versions["macos"] = platform.mac_ver()[0]
         return versions
 
-    def weight_parity(self, bundle: Path, manifest: dict, source) -> dict | None:
-        from smolship.targets.coreml.weight_parity import weight_parity
+    def stored_weights(self, bundle: Path, manifest: dict, source, max_seq_len: int):
+        from smolship.targets.coreml.stored_weights import CoreMLStoredWeights
 
         plan_info = (manifest.get("target_info") or {}).get("plan", {})
-        return weight_parity(bundle, manifest, source, expected_compression(plan_info, source.state_dict))
+        return CoreMLStoredWeights(bundle, manifest, source, expected_compression(plan_info, source.state_dict),
+                                   max_seq_len)

@@ -1,0 +1,57 @@
+"""Parity without the runtime (Core ML off macOS): the target hands back its stored weights as Runners
+(`Target.stored_weights`), and this module drives them through the same teacher-forced prefill + decode
+loop as every runtime (validation.parity.measure_parity) against the fp32 reference."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from pathlib import Path
+
+import torch
+
+from smolship.runner import ReferenceRunner
+from smolship.validation.evalset import load_eval
+from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
+
+EVAL_TOKENS = 512  # a short eval: the loop runs in PyTorch eager, one decode step per token
+SETTINGS = ParitySettings(greedy_prompts=2, greedy_tokens=16)
+GRAPH_KEYS = ("kld_mean", "top1_agreement", "max_abs_logit_diff", "nll_delta", "greedy_match")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block on `n` intra-op threads. The parity loop is hundreds of tiny single-token steps:
+    extra threads barely help them, and on a busy machine OpenMP's spin-waiting makes each attention
+    call ~1000x slower (measured 20 ms vs 0.01 ms on 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def weight_parity(target, bundle: Path, manifest: dict, source, eval_tokens: int = EVAL_TOKENS,
+                  threads: int = 1, with_graph: bool = True) -> dict | None:
+    """measure_parity of the stored weights, plus `fp16_graph` (the converted graph's own precision) and the
+    target's facts (structure check, storage); None when the target has no stored-weights view."""
+    docs = load_eval(source.tokenizer, max_tokens=eval_tokens)
+    seq = max(max(len(d.ids) for d in docs) + SETTINGS.greedy_tokens + 8, 256)
+    stored = target.stored_weights(bundle, manifest, source, seq)
+    if stored is None:
+        return None
+    with torch.inference_mode(), torch_threads(threads):
+        reference = ReferenceCache(ReferenceRunner.from_source(source, max_seq_len=seq))
+        runner = stored.weights_runner()
+        metrics = measure_parity(runner, reference, docs, SETTINGS)
+        del runner
+        gc.collect()  # the read-back model's fp32 tensors go before the fp16 copy is made
+        graph = None
+        if with_graph:
+            try:
+                got = measure_parity(stored.graph_runner(), reference, docs, SETTINGS)
+                graph = {k: got[k] for k in GRAPH_KEYS}
+            except ValueError as e:  # measure_parity refuses non-finite logits: an fp16 overflow
+                graph = {"error": str(e)}
+    return {**metrics, "fp16_graph": graph, **stored.facts}
