@@ -30,40 +30,35 @@ def _fresh_dir() -> Path:
     return d
 
 
+def _read_as_file(data: bytes, name: str, reader, pass_folder: bool = False) -> None:
+    """Write `data` as `name` in a fresh folder and hand the file (or its folder) to `reader`."""
+    path = _fresh_dir() / name
+    path.write_bytes(data)
+    try:
+        reader(path.parent if pass_folder else path)
+    except SmolshipError:
+        pass
+
+
 def gguf(data: bytes) -> None:
     """exporter/gguf_source.load_gguf: header, metadata, tensor table, tokenizer, dequantized tensors."""
     from smolship.exporter.gguf_source import load_gguf
 
-    path = _fresh_dir() / "model.gguf"
-    path.write_bytes(data)
-    try:
-        load_gguf(path)
-    except SmolshipError:
-        pass
+    _read_as_file(data, "model.gguf", load_gguf)
 
 
 def safetensors(data: bytes) -> None:
     """exporter/hf_weights.read_weights on one .safetensors file (header checked, then loaded)."""
     from smolship.exporter.hf_weights import read_weights
 
-    folder = _fresh_dir()
-    (folder / "model.safetensors").write_bytes(data)
-    try:
-        read_weights(folder)
-    except SmolshipError:
-        pass
+    _read_as_file(data, "model.safetensors", read_weights, pass_folder=True)
 
 
 def config(data: bytes) -> None:
     """exporter/config.read_hf_config: a Hugging Face config.json."""
     from smolship.exporter.config import read_hf_config
 
-    path = _fresh_dir() / "config.json"
-    path.write_bytes(data)
-    try:
-        read_hf_config(path)
-    except SmolshipError:
-        pass
+    _read_as_file(data, "config.json", read_hf_config)
 
 
 def tokenizer(data: bytes) -> None:
