@@ -76,6 +76,9 @@ def progress_bar(enabled: bool = True, on: Console | None = None, label: str = "
         return
     prefix = f"[bold]{label}[/] " if label else ""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=on, transient=True) as bar:
+                  TimeElapsedColumn(), console=on, transient=True,
+                  # rich would otherwise wrap sys.stdout/stderr and draw what converters print there
+                  # (coremltools' tqdm bars) on the terminal, above the bar: they belong in the log
+                  redirect_stdout=False, redirect_stderr=False) as bar:
         task = bar.add_task(prefix + "starting", total=1.0)
         yield lambda desc, frac: bar.update(task, description=prefix + desc[:50], completed=max(0.0, min(1.0, frac)))

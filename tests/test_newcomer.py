@@ -71,6 +71,12 @@ with library_output_to(Path({str(tmp_path / 'x.log')!r})) as terminal:
     os.write(1, b"raw fd 1 chatter\\n")
     print("python stderr chatter", file=sys.stderr)
     terminal.write("smolship display line\\n")
+    from rich.console import Console
+    from smolship.logs import progress_bar
+    with progress_bar(on=Console(file=terminal, force_terminal=True), label="b") as progress:
+        progress("converting", 0.5)
+        print("tqdm under the bar", file=sys.stderr)  # what coremltools' tqdm does while the bar is up
+        print("print under the bar")
 print("after: stdout is back")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -78,5 +84,7 @@ print("after: stdout is back")
     log = (tmp_path / "x.log").read_text()
     assert proc.returncode == 0, proc.stderr
     assert "raw fd 2 chatter" in log and "raw fd 1 chatter" in log and "python stderr chatter" in log
+    assert "tqdm under the bar" in log and "print under the bar" in log
     assert "smolship display line" not in log and "smolship display line" in proc.stderr
     assert "chatter" not in proc.stderr + proc.stdout and "after: stdout is back" in proc.stdout
+    assert "under the bar" not in proc.stderr + proc.stdout
