@@ -51,7 +51,8 @@ def fmt(value, digits: int = 4) -> str:
 def table(title: str, columns: list[str], rows: list[list]) -> Table:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="left" if c in ("bundle", "target", "recipe", "metric", "key", "value") else "right")
+        left = c in ("bundle", "target", "recipe", "metric", "key", "value")
+        t.add_column(c, justify="left" if left else "right", no_wrap=c == "bundle")  # names stay whole
     for r in rows:
         t.add_row(*[fmt(v) for v in r])
     return t
