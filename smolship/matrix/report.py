@@ -35,18 +35,13 @@ def matrix_report(spec, mjobs, outcomes, jobs_info: dict, seconds: float, backen
             row = bundle_row(Path(b), manifest)
             row.update(model=m.model.name, source=m.model.source, bundle=f"{m.model.name}/{row['bundle']}", path=b,
                        host=info.get("host"), attempts=info.get("attempts", 1))
-            result = check(row, thresholds_for(row["precision"], _flat(project, row["precision"]), Thresholds()))
+            result = check(row, thresholds_for(row["precision"], project, Thresholds()))
             row["gate"] = "pass" if result.passed else "FAIL"
             rows.append(row)
             gate.append(vars(result))
     return {"kind": "smolship-matrix", "backend": backend, "seconds": round(seconds, 1),
             "models": [{"name": m.name, "source": m.source} for m in spec.models], "targets": spec.targets,
             "machine": machine_info(spec.eval.threads), "rows": rows, "gate": gate, "failures": failures, "jobs": jobs}
-
-
-def _flat(project: dict, precision: str) -> dict:
-    """Global keys, then the precision's table over them (a key may appear in both)."""
-    return {**{k: v for k, v in project.items() if not isinstance(v, dict)}, **project.get(precision, {})}
 
 
 def _md_table(rows: list[dict], cols: list[str]) -> list[str]:
