@@ -15,19 +15,8 @@ from smolship.bundle import atomic_bundle, new_manifest, write_manifest
 from smolship.exporter.sources import SourceModel
 from smolship.targets import ExportOptions, Recipe, get_target
 from smolship.targets.base import no_progress
+from smolship.targets.knobs import parse as parse_knobs
 from smolship.validation.validate import Validator, save_validation
-
-
-def check_knobs(target, options: ExportOptions) -> None:
-    """Unknown or ill-typed ExportOptions.extra keys fail before any work (targets/knobs.py)."""
-    from smolship.errors import SmolshipError
-    from smolship.targets.knobs import parse
-
-    if target.knobs is not None:
-        parse(target.knobs, options.extra, target.name)
-    elif options.extra:
-        raise SmolshipError(f"The {target.name} target takes no extra options (got {', '.join(sorted(options.extra))}).",
-                            "Leave ExportOptions.extra empty for this target.")
 
 
 def bundle_name(target: str, recipe: str) -> str:
@@ -40,7 +29,7 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
     """Export, package and (unless validator is None) validate one bundle; returns (path, manifest)."""
     options = options or ExportOptions()
     target = get_target(target_name)
-    check_knobs(target, options)
+    parse_knobs(target.knobs, options.extra, target_name)  # unknown or ill-typed extra keys fail before any work
     final = Path(out) / bundle_name(target_name, recipe.name)
     with atomic_bundle(final, force=force) as tmp:
         t0 = time.perf_counter()

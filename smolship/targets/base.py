@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from smolship.runner import Runner
+from smolship.targets.knobs import NoKnobs
 
 
 class Precision(str, enum.Enum):
@@ -60,7 +61,7 @@ class Target(ABC):
     recipes: ClassVar[dict[str, Recipe]]
     default_recipes: ClassVar[tuple[str, ...]]
     runtime_available_reason: ClassVar[str | None] = None  # e.g. "Core ML runs on macOS only"
-    knobs: ClassVar[type] = None  # dataclass of what ExportOptions.extra may hold (targets.knobs.parse); None: nothing
+    knobs: ClassVar[type] = NoKnobs  # dataclass of what ExportOptions.extra may hold (targets.knobs.parse)
 
     @abstractmethod
     def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
@@ -79,7 +80,7 @@ class Target(ABC):
         """Whether this machine can execute the artifact (Core ML: macOS only)."""
         return True, None
 
-    def stored_weights(self, bundle: Path, manifest: dict, source, max_seq_len: int):
-        """The artifact's weights read back as Runners (`facts`, `weights_runner()`, `graph_runner()`), for
+    def stored_weights(self, bundle: Path, manifest: dict, source):
+        """The artifact's weights read back as Runners (`facts`, `weights_runner(seq)`, `graph_runner(seq)`), for
         parity without the runtime (Core ML off macOS: validation.weight_parity). None when not applicable."""
         return None

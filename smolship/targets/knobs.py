@@ -47,11 +47,19 @@ def _coerce(value, hint, name: str, target: str):
                         f"Give {name} as {hint}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class NoKnobs:
+    """A target that takes no ExportOptions.extra (the default in targets.base.Target)."""
+
+
 def parse(cls, extra: dict | None, target: str):
     """The dataclass `cls` filled from `extra`; unknown keys and ill-typed values fail here."""
     extra = dict(extra or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(extra) - set(fields))
+    if unknown and not fields:
+        raise SmolshipError(f"The {target} target takes no extra options (got {', '.join(unknown)}).",
+                            "Leave ExportOptions.extra empty for this target.")
     if unknown:
         raise SmolshipError(f"Unknown {target} option(s): {', '.join(unknown)}.",
                             f"Valid {target} options: {', '.join(sorted(fields))}.")

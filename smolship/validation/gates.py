@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from smolship.errors import SmolshipError
+
 DEFAULTS: dict[str, dict] = {
     "32-bit": {"max_kld": 1e-4, "min_top1": 0.995},
     "16-bit": {"max_kld": 1e-3, "min_top1": 0.99},
@@ -51,8 +53,6 @@ def thresholds_for(precision: str, project: dict, cli: Thresholds) -> Thresholds
     settings = {**glob, **per}  # a per-precision value overrides the same key set for every precision
     unknown = sorted(set(settings) - set(vars(base)))
     if unknown:
-        from smolship.errors import SmolshipError
-
         raise SmolshipError(f"[tool.smolship.gate] in pyproject.toml sets unknown threshold(s): {', '.join(unknown)}.",
                             f"Use only {', '.join(sorted(vars(base)))} (globally or in a per-precision table).")
     t = replace(base, **settings)

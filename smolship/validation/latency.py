@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from smolship.errors import SmolshipError
-from smolship.process_stats import peak_rss_mb  # noqa: F401  (re-exported: workers report it)
+from smolship.process_stats import peak_rss_mb
 from smolship.runner import Runner
 
 

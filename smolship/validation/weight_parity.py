@@ -36,21 +36,21 @@ def weight_parity(target, bundle: Path, manifest: dict, source, eval_tokens: int
                   threads: int = 1, with_graph: bool = True) -> dict | None:
     """measure_parity of the stored weights, plus `fp16_graph` (the converted graph's own precision) and the
     target's facts (structure check, storage); None when the target has no stored-weights view."""
-    docs = load_eval(source.tokenizer, max_tokens=eval_tokens)
-    seq = max(max(len(d.ids) for d in docs) + SETTINGS.greedy_tokens + 8, 256)
-    stored = target.stored_weights(bundle, manifest, source, seq)
+    stored = target.stored_weights(bundle, manifest, source)
     if stored is None:
         return None
+    docs = load_eval(source.tokenizer, max_tokens=eval_tokens)
+    seq = max(max(len(d.ids) for d in docs) + SETTINGS.greedy_tokens + 8, 256)
     with torch.inference_mode(), torch_threads(threads):
         reference = ReferenceCache(ReferenceRunner.from_source(source, max_seq_len=seq))
-        runner = stored.weights_runner()
+        runner = stored.weights_runner(seq)
         metrics = measure_parity(runner, reference, docs, SETTINGS)
         del runner
         gc.collect()  # the read-back model's fp32 tensors go before the fp16 copy is made
         graph = None
         if with_graph:
             try:
-                got = measure_parity(stored.graph_runner(), reference, docs, SETTINGS)
+                got = measure_parity(stored.graph_runner(seq), reference, docs, SETTINGS)
                 graph = {k: got[k] for k in GRAPH_KEYS}
             except ValueError as e:  # measure_parity refuses non-finite logits: an fp16 overflow
                 graph = {"error": str(e)}

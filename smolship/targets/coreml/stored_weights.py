@@ -39,28 +39,28 @@ def weight_error(pkg: readback.Package, source) -> dict[str, float]:
 
 class CoreMLStoredWeights:
     """`facts` (structure check, storage, per-class weight error, method), then two runners in order:
-    `weights_runner()` (fp32 reference graph holding the read-back tensors, no second copy: 6.8 GB at 1.7B)
-    and `graph_runner()` (the converted graph at fp16; it releases each fp32 value as it casts, so the
+    `weights_runner(seq)` (fp32 reference graph holding the read-back tensors, no second copy: 6.8 GB at 1.7B)
+    and `graph_runner(seq)` (the converted graph at fp16; it releases each fp32 value as it casts, so the
     check costs half a model instead of one and a half: the difference between fitting a 1.7B model in
     24 GiB or not). Drop the first runner before asking for the second."""
 
     name = "coreml-weights"
 
-    def __init__(self, bundle: Path, manifest: dict, source, compressed: dict[str, str], max_seq_len: int):
-        self.cfg, self.seq = source.config, max_seq_len
+    def __init__(self, bundle: Path, manifest: dict, source, compressed: dict[str, str]):
+        self.cfg = source.config
         self.pkg = readback.read_package(Path(bundle) / readback.MODEL_FILE, list(source.state_dict))
         problems = readback.check_structure(self.pkg, self.cfg, manifest["max_seq_len"], compressed)
         self.facts = {"method": METHOD, "structure_ok": not problems, "structure_problems": problems,
                       "weight_rel_rmse": weight_error(self.pkg, source), "storage": readback.summary(self.pkg)}
 
-    def weights_runner(self) -> ReferenceRunner:
-        runner = ReferenceRunner(Llama.with_weights(self.cfg, readback.state_dict(self.pkg), self.seq))
+    def weights_runner(self, max_seq_len: int) -> ReferenceRunner:
+        runner = ReferenceRunner(Llama.with_weights(self.cfg, readback.state_dict(self.pkg), max_seq_len))
         runner.name = self.name
         return runner
 
-    def graph_runner(self) -> GraphRunner:
+    def graph_runner(self, max_seq_len: int) -> GraphRunner:
         fp16 = {}
         for name, w in self.pkg.weights.items():
             fp16[name] = torch.from_numpy(w.value).half()
             w.value = None
-        return GraphRunner(self.cfg, fp16, self.seq)
+        return GraphRunner(self.cfg, fp16, max_seq_len)

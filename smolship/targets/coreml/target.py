@@ -148,9 +148,8 @@ class CoreMLTarget(Target):
             versions["macos"] = platform.mac_ver()[0]
         return versions
 
-    def stored_weights(self, bundle: Path, manifest: dict, source, max_seq_len: int):
+    def stored_weights(self, bundle: Path, manifest: dict, source):
         from smolship.targets.coreml.stored_weights import CoreMLStoredWeights
 
         plan_info = (manifest.get("target_info") or {}).get("plan", {})
-        return CoreMLStoredWeights(bundle, manifest, source, expected_compression(plan_info, source.state_dict),
-                                   max_seq_len)
+        return CoreMLStoredWeights(bundle, manifest, source, expected_compression(plan_info, source.state_dict))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
 from executorch.backends.xnnpack.partition.config.gemm_configs import LinearConfig
 from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
@@ -100,8 +102,8 @@ def _needs_layout_passes(ep) -> bool:
         if node.target in layout_ops:
             return True
         if node.target in ChannelsLastTaggedReshapePass.memory_sensitive_ops_nhwc:
-            val = node.args[0].meta.get("val") if node.args and hasattr(node.args[0], "meta") else None
-            if val is None or getattr(val, "dim", lambda: 4)() == 4:
+            val = node.args[0].meta.get("val") if node.args and isinstance(node.args[0], torch.fx.Node) else None
+            if not isinstance(val, torch.Tensor) or val.dim() == 4:  # unknown shape: run the passes
                 return True
     return False
 
