@@ -9,7 +9,8 @@ to sweep; full exports (benchmarks/offgrid_matrix.py) confirm the chosen points 
 
     python benchmarks/offgrid_screen.py --models default offgrid --eval-tokens 1024 \\
         --candidates onnx:offset onnx:offset-gptq et:8da4w et:8da4w-gptq --out bench-results/offgrid_screen.json
-ONNX candidate syntax: onnx:<method>[:b<block>][:8=<regex on fused names>] (several :8= allowed).
+ONNX candidate syntax: onnx:<method>[:b<block>][:8=<regex on fused names>] (several :8= allowed)
+[:8b<block>] (8-bit layers symmetric in blocks of this size) [:e<block>] (8-bit embedding/head block size).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 
 from smolship.exporter import load_model
 from smolship.exporter.calibration import calibration_set, collect
-from smolship.validation.evalset import load_eval
+from smolship.evalset import load_eval
 
 FUSED = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
          "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
@@ -54,23 +55,28 @@ def score(ref: list[torch.Tensor], got: list[torch.Tensor]) -> dict:
 
 def parse_onnx(spec: str):
     from smolship.targets.onnx.blockquant import BlockQuant
+    from smolship.targets.onnx.recipes import EMBEDDING_8BIT
 
     parts = spec.split(":")[1:]
-    method, block, eight = parts[0], 32, []
+    method, block, eight, eight_cfg, emb = parts[0], 32, [], BlockQuant(8, 32, False, "rtn"), EMBEDDING_8BIT
     for p in parts[1:]:
         if p.startswith("b"):
             block = int(p[1:])
         elif p.startswith("8="):
             eight.append(p[2:])
-    return BlockQuant(4, block, False, method), BlockQuant(8, 32, False, "rtn"), eight
+        elif p.startswith("8b"):  # 8-bit layers symmetric, blocks of this size
+            eight_cfg = BlockQuant(8, int(p[2:]), True, "rtn")
+        elif p.startswith("e"):  # embedding / head blocks of this size (8-bit symmetric)
+            emb = BlockQuant(8, int(p[1:]), True, "rtn")
+    return BlockQuant(4, block, False, method), eight_cfg, eight, emb
 
 
-def onnx_effective(source, spec: str, calib) -> tuple[dict, float]:
-    """State dict with every layer matrix replaced by what MatMulNBits computes; layer-weight MB estimate."""
+def onnx_effective(source, spec: str, calib, only: str | None = None) -> tuple[dict, float]:
+    """State dict with every layer matrix replaced by what MatMulNBits computes; layer-weight MB estimate.
+
+    `only`: a regex on fused names; the layers it misses stay float (sensitivity of one matrix)."""
     from smolship.targets.onnx.blockquant import dequantize, quantize_offset, quantize_weight
-    from smolship.targets.onnx.recipes import EMBEDDING_8BIT
-
-    four, eight_cfg, eight = parse_onnx(spec)
+    four, eight_cfg, eight, emb_cfg = parse_onnx(spec)
     sd = dict(source.state_dict)
     mb = 0.0
     for name, w in source.state_dict.items():
@@ -78,6 +84,8 @@ def onnx_effective(source, spec: str, calib) -> tuple[dict, float]:
         if not m or m.group(2) not in FUSED:
             continue
         fused = f"layers.{m.group(1)}.{FUSED[m.group(2)]}"
+        if only is not None and not re.fullmatch(only, fused):
+            continue
         cfg = eight_cfg if any(re.fullmatch(p, fused) for p in eight) else four
         imp = calib.importance.get(fused) if calib else None
         hes = calib.hessian.get(fused) if calib else None
@@ -93,7 +101,7 @@ def onnx_effective(source, spec: str, calib) -> tuple[dict, float]:
             mb += (qz.packed.nbytes + qz.scales.nbytes + (qz.zero_points.nbytes if qz.zero_points is not None else 0)) / 1e6
         sd[name] = torch.from_numpy(np.ascontiguousarray(eff.T))
     emb = source.state_dict["embed_tokens.weight"]
-    qe = quantize_weight(emb.t().numpy(), EMBEDDING_8BIT)
+    qe = quantize_weight(emb.t().numpy(), emb_cfg)
     sd["embed_tokens.weight"] = torch.from_numpy(np.ascontiguousarray(dequantize(qe).T))
     return sd, round(mb + (qe.packed.nbytes + qe.scales.nbytes) / 1e6, 1)
 

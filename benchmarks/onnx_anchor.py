@@ -141,6 +141,8 @@ def section_anchor(source, validator, out: Path, args) -> dict:
     rows["ours-int4"] = ours(source, "int4", out / "ours")
     rows["ours-int8"] = ours(source, "int8", out / "ours")
     rows["ours-int4-head4"] = ours(source, "int4", out / "ours-head4", {"lm_head_bits": 4})  # speed point
+    # the int4 default before issue 19 (min/max float-zero blocks, no 8-bit layers): the before/after row
+    rows["ours-int4-before"] = ours(source, "int4", out / "ours-before", {"int4_method": "offset", "int4_eight_bit": []})
     table = {name: {"size_mb": model_mb(f), **parity(validator, f)} for name, f in rows.items()}
     for t in args.threads:
         for name, r in latency(rows, t, args.repeats, source.config.vocab_size).items():

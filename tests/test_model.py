@@ -70,7 +70,7 @@ def test_runner_refuses_to_overflow_its_cache(tiny_model):
 @pytest.mark.slow
 def test_real_135m_matches_transformers_over_256_tokens(default_model):
     """Acceptance: prefill 32 + 224 single-token steps; max |Δlogit| ≤ 1e-4; 64 greedy tokens identical."""
-    from smolship.validation.evalset import load_eval
+    from smolship.evalset import load_eval
 
     ids = [t for doc in load_eval(default_model.tokenizer) for t in doc.ids][:256]  # prose, then chat
     assert len(ids) == 256

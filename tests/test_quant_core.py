@@ -8,7 +8,7 @@ import torch
 from smolship.exporter.calibration import HELD_OUT_DOCS, calibration_set, held_out_docs
 from smolship.quant import affine_minmax, affine_search, blocks_of, collect, gptq, symmetric_search
 from smolship.quant.grids import Grid
-from smolship.validation.evalset import load_eval
+from smolship.evalset import load_eval
 
 DEFAULT_EVAL_TOKENS = 4096  # the CLI's --eval-tokens default (cli/common.py)
 
@@ -130,3 +130,34 @@ def test_grid_column_rounder_matches_codes():
     rnd = grid.column_rounder(32)
     codes = torch.stack([rnd(j, w[:, j])[0] for j in range(64)], 1)
     assert torch.equal(codes, grid.codes(blocks_of(w, 32)).reshape(8, 64))
+
+
+# --- mixed precision: one rule (quant/mixed.py), each target's naming -----------------------------------
+def _names(style: str, tiny_model, num_layers: int) -> list[str]:
+    """Every layer weight name a target quantizes, in its naming, for a model of `num_layers` layers."""
+    import re
+
+    if style == "fused":  # the ONNX graph's fused weights
+        return [f"layers.{i}.{u}" for i in range(num_layers) for u in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")]
+    if style == "state_dict":  # Core ML's parameter names
+        per_layer = [k.split(".", 2)[2] for k in tiny_model.state_dict if k.startswith("layers.0.") and "_proj" in k]
+    else:  # ExecuTorch's module paths
+        from smolship.targets.executorch.quantize import linear_names
+
+        per_layer = [n.split(".", 2)[2] for n in linear_names(tiny_model.build(max_seq_len=8)) if n.startswith("layers.0.")]
+    assert len(per_layer) == 7 and all(re.fullmatch(r"(self_attn|mlp)\.\w+_proj(\.weight)?", p) for p in per_layer)
+    return [f"layers.{i}.{p}" for i in range(num_layers) for p in per_layer]
+
+
+@pytest.mark.parametrize("style", ["fused", "state_dict", "module"])
+def test_eight_bit_rule_names_the_same_matrices_in_every_naming(style, tiny_model):
+    import re
+
+    from smolship.quant.mixed import eight_bit_patterns
+
+    names = _names(style, tiny_model, 30)
+    chosen = {n for n in names if any(re.fullmatch(p, n) for p in eight_bit_patterns(30, style))}
+    layer = lambda n: int(n.split(".")[1])  # noqa: E731
+    assert {n for n in chosen if layer(n) in (0, 29)} == {n for n in names if layer(n) in (0, 29)}
+    middle = {n for n in chosen if layer(n) not in (0, 29)}
+    assert middle and all("o_proj" in n for n in middle) and len(middle) == 28  # one o_proj per middle layer

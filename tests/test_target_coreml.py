@@ -50,8 +50,10 @@ def tiny_bundles(tmp_path_factory, tiny_model):
     """All four recipes of random:tiny through the real export pipeline (one conversion, reused)."""
     out = tmp_path_factory.mktemp("coreml")
     type(TARGET)._last = None  # an earlier module's export of the same model and length must not be reused here
-    return {r: export_bundle(tiny_model, "coreml", TARGET.recipes[r], out, ExportOptions(max_seq_len=TINY_SEQ))
-            for r in ("fp16", "w8", "w4", "pal4")}
+    # random:tiny has 2 layers, both "first/last", which w4's 8-bit rule (quant/mixed.py) would store at 8 bits
+    # whole: no rules here, so the 4-bit path is what these tests see (test_w4_rules_* covers the rules)
+    opts = ExportOptions(max_seq_len=TINY_SEQ, extra={"eight_bit": []})
+    return {r: export_bundle(tiny_model, "coreml", TARGET.recipes[r], out, opts) for r in ("fp16", "w8", "w4", "pal4")}
 
 
 def read(bundle, source) -> readback.Package:
@@ -197,7 +199,7 @@ def test_w4_reproduces_a_source_on_the_grid(tiny_model, tmp_path):
             q, s, o = asymmetric_blocks(w.numpy(), 4, 32)
             state[name] = torch.from_numpy(np.repeat(s.astype(np.float32), 32, 1) * (q - np.repeat(o.astype(np.float32), 32, 1)))
     source = dataclasses.replace(tiny_model, state_dict=state)
-    result = TARGET.export(source, TARGET.recipes["w4"], tmp_path, ExportOptions(max_seq_len=TINY_SEQ))
+    result = TARGET.export(source, TARGET.recipes["w4"], tmp_path, ExportOptions(max_seq_len=TINY_SEQ, extra={"eight_bit": []}))
     assert result.files == [readback.MODEL_FILE]
     pkg = read(tmp_path, source)
     for name, w in pkg.weights.items():
@@ -207,10 +209,32 @@ def test_w4_reproduces_a_source_on_the_grid(tiny_model, tmp_path):
 
 
 def test_keep_embeddings_fp(tiny_model, tmp_path):
-    TARGET.export(tiny_model, TARGET.recipes["w4"], tmp_path, ExportOptions(max_seq_len=TINY_SEQ, keep_embeddings_fp=True))
+    TARGET.export(tiny_model, TARGET.recipes["w4"], tmp_path,
+                  ExportOptions(max_seq_len=TINY_SEQ, keep_embeddings_fp=True, extra={"eight_bit": []}))
     pkg = read(tmp_path, tiny_model)
     assert pkg.weights["embed_tokens.weight"].storage == "fp16"
     assert pkg.weights["layers.1.self_attn.k_proj.weight"].storage.startswith("uint4")
+
+
+def test_w4_rules_store_named_weights_at_8_bits(tiny_model, tmp_path):
+    """Mixed precision (issue 19): a rule's weights are int8 per channel, the rest stay uint4 blocks, and the
+    structure check reads the rule back from the manifest's plan (it fails if the package disagrees)."""
+    opts = ExportOptions(max_seq_len=TINY_SEQ, extra={"eight_bit": [r"layers\.1\.self_attn\.[kv]_proj\.weight"],
+                                                      "grid_search": True})
+    result = TARGET.export(tiny_model, TARGET.recipes["w4"], tmp_path, opts)
+    plan = result.info["plan"]
+    assert plan["rules"] == [[r"layers\.1\.self_attn\.[kv]_proj\.weight", "int8 per-channel"]]
+    pkg = read(tmp_path, tiny_model)
+    storage = {n: w.storage for n, w in pkg.weights.items() if "_proj" in n}
+    eight = {n for n, s in storage.items() if s.startswith("int8")}
+    assert eight == {"layers.1.self_attn.k_proj.weight", "layers.1.self_attn.v_proj.weight"}, storage
+    assert all(s.startswith("uint4 block") for n, s in storage.items() if n not in eight)
+    want = expected_compression(plan, tiny_model.state_dict)
+    assert readback.check_structure(pkg, tiny_model.config, TINY_SEQ, want) == []
+    wrong = expected_compression({**plan, "rules": []}, tiny_model.state_dict)
+    assert any("k_proj" in p for p in readback.check_structure(pkg, tiny_model.config, TINY_SEQ, wrong))
+    with pytest.raises(SmolshipError, match="eight_bits"):
+        TARGET.export(tiny_model, TARGET.recipes["w4"], tmp_path / "x", ExportOptions(max_seq_len=TINY_SEQ, extra={"eight_bits": []}))
 
 
 def test_max_seq_len_out_of_range(tiny_model, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from smolship.exporter.sources import default_model_path
 from smolship.exporter.tokenizer import tokenizer_from_gguf_fields
-from smolship.validation.evalset import _builtin_items
+from smolship.evalset import _builtin_items
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from smolship.runner import ReferenceRunner
-from smolship.validation.evalset import _builtin_items, load_eval
+from smolship.evalset import _builtin_items, load_eval
 from smolship.validation.latency import LatencySettings, latency_in_worker, measure_latency
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
 

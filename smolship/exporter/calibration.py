@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from smolship.evalset import load_eval
 from smolship.quant.stats import Stats, collect as collect_stats
 
 # fused-graph weight -> the reference module whose input it multiplies
@@ -56,14 +57,27 @@ def calibration_set(source, text: str | None, max_tokens: int, doc_tokens: int =
 
 def held_out_docs(tokenizer, doc_tokens: int = 256):
     """The eval documents calibration may read (validation at its default window never does)."""
-    from smolship.validation.evalset import load_eval
-
     return load_eval(tokenizer, max_doc_tokens=doc_tokens)[-HELD_OUT_DOCS:]
 
 
 def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int = 256) -> list[list[int]]:
     """The sequences of `calibration_set` (kept for callers that need no record)."""
     return calibration_set(source, text, max_tokens, doc_tokens).sequences
+
+
+_FUSED_OF = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
+             "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
+             "mlp.down_proj": "down_proj"}
+
+
+def stats_key(param: str) -> str | None:
+    """The `collect` key whose input a state-dict weight multiplies ("layers.3.mlp.up_proj.weight" ->
+    "layers.3.gate_up_proj"); None for weights no statistic covers."""
+    if param == "lm_head.weight":
+        return "lm_head"
+    layer, _, rest = param.removeprefix("layers.").partition(".")
+    fused = _FUSED_OF.get(rest.removesuffix(".weight"))
+    return f"layers.{layer}.{fused}" if param.startswith("layers.") and fused else None
 
 
 def collect(source, sequences: list[list[int]], want_hessian: bool) -> Stats:

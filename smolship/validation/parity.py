@@ -15,7 +15,7 @@ import numpy as np
 
 from smolship.generate import generate
 from smolship.runner import Runner
-from smolship.validation.evalset import EvalDoc
+from smolship.evalset import EvalDoc
 
 
 @dataclass(frozen=True)

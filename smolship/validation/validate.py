@@ -17,7 +17,7 @@ from smolship.exporter.sources import SourceModel, load_model
 from smolship.runner import ReferenceRunner, Runner
 from smolship.targets import get_target
 from smolship.validation.weight_parity import weight_parity
-from smolship.validation.evalset import load_eval
+from smolship.evalset import load_eval
 from smolship.validation.latency import LatencySettings, latency_in_worker
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
 

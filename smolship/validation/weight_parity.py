@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from smolship.runner import ReferenceRunner
-from smolship.validation.evalset import load_eval
+from smolship.evalset import load_eval
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
 
 EVAL_TOKENS = 512  # a short eval: the loop runs in PyTorch eager, one decode step per token

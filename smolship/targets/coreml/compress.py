@@ -24,6 +24,7 @@ Three storage schemes, all iOS18 constexpr ops that Core ML dequantizes on devic
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -70,35 +71,62 @@ Scheme = Affine | Palette | None  # None = fp16
 
 @dataclass(frozen=True)
 class Plan:
+    """How each weight is stored: `rules` (regex fullmatched on the state-dict name, first match wins)
+    before the class defaults ``linear`` / ``embedding``; a rule's scheme may be None (fp16)."""
+
     linear: Scheme
     embedding: Scheme
+    rules: tuple[tuple[str, Scheme], ...] = ()
 
-    def scheme(self, cls: str) -> Scheme:
+    def scheme_for(self, param: str, cls: str) -> Scheme:
+        for pattern, scheme in self.rules:
+            if re.fullmatch(pattern, param):
+                return scheme
         return {LINEAR: self.linear, EMBEDDING: self.embedding}[cls]
 
     def without_embedding(self) -> Plan:
-        return Plan(self.linear, None)
+        return Plan(self.linear, None, self.rules)
 
-    def describe(self) -> dict[str, str | None]:
-        """{class: scheme text or None (fp16)}: recorded in the manifest, read back by the structure check."""
-        return {LINEAR: self.linear and self.linear.describe(), EMBEDDING: self.embedding and self.embedding.describe()}
+    def wants_importance(self) -> bool:
+        """Whether a searched grid reads calibration statistics."""
+        return any(isinstance(s, Affine) and s.search for s in (self.linear, self.embedding, *(r[1] for r in self.rules)))
+
+    def describe(self) -> dict:
+        """{class: scheme text or None (fp16)} (+ "rules"): recorded in the manifest, read back by the structure check."""
+        out = {LINEAR: self.linear and self.linear.describe(), EMBEDDING: self.embedding and self.embedding.describe()}
+        if self.rules:
+            out["rules"] = [[p, s and s.describe()] for p, s in self.rules]
+        return out
 
 
+def described_scheme(plan_info: dict, param: str, cls: str) -> str | None:
+    """The scheme text a recorded plan (Plan.describe) gives `param`."""
+    for pattern, text in plan_info.get("rules", []):
+        if re.fullmatch(pattern, param):
+            return text
+    return plan_info.get(cls)
+
+
+EIGHT_BIT = Affine(8, None)  # per-channel int8: what a rule upgrades a sensitive layer weight to
 EMBED_8BIT = Affine(8, 32)  # the tied embedding/lm_head is the most sensitive tensor: 8 bits, fine blocks
 PLANS: dict[str, Plan] = {
     "fp16": Plan(None, None),
     "w8": Plan(Affine(8, None), EMBED_8BIT),
-    "w4": Plan(Affine(4, 32, symmetric=False), EMBED_8BIT),
+    # searched float-zero blocks + 8-bit first/last layers and o_proj (quant/mixed.py), for weights on no grid
+    # (issue 19); the default model's Q4_1 blocks stay exact (min/max is one search candidate)
+    "w4": Plan(Affine(4, 32, symmetric=False, search=True), EMBED_8BIT),
     "pal4": Plan(Palette(4, 16), EMBED_8BIT),
 }
 
 
 # --- asymmetric per-block uint4 with fp16 offsets ---------------------------------------------------
-def asymmetric_blocks(w: np.ndarray, bits: int, block: int, search: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def asymmetric_blocks(w: np.ndarray, bits: int, block: int, search: bool = False,
+                      importance=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(q uint8 [O, I], scale fp16 [O, I/block], offset fp16 [O, I/block]) with w ~ scale * (q - offset).
 
-    The grid is the shared core's (smolship.quant.grids): min/max, or with `search` the MSE-best range
-    per block (min/max is one candidate, so weights already on such a grid keep it)."""
+    The grid is the shared core's (smolship.quant.grids): min/max, or with `search` the best range per
+    block, its squared error weighted by `importance` (I,) when given (mean x^2 of each input channel
+    on calibration text); min/max is one candidate, so weights already on such a grid keep it."""
     import torch
 
     from smolship.quant.grids import affine_minmax, affine_search
@@ -109,7 +137,7 @@ def asymmetric_blocks(w: np.ndarray, bits: int, block: int, search: bool = False
     levels = (1 << bits) - 1
     b = w.astype(np.float32).reshape(o, i // block, block)  # (O, nb, block)
     tb = torch.from_numpy(b)
-    grid = affine_search(tb, bits) if search else affine_minmax(tb, bits)
+    grid = affine_search(tb, bits, importance) if search else affine_minmax(tb, bits)
     lo = (-grid.zero * grid.scale)[..., 0].numpy()  # (O, nb): the block's offset in weight units
     scale = (grid.scale[..., 0].numpy()).astype(np.float16)
     if not search:  # bit-compatible with the min/max grid this recipe shipped with
@@ -125,9 +153,9 @@ def asymmetric_blocks(w: np.ndarray, bits: int, block: int, search: bool = False
 class AsymmetricBlockwise(AbstractGraphPass):
     """Replace the named const ops by ``constexpr_blockwise_shift_scale`` with uint4/uint8 data and fp16 offsets."""
 
-    def __init__(self, names, scheme: Affine):
+    def __init__(self, names, scheme: Affine, importance: dict | None = None):
         super().__init__()
-        self.names, self.scheme = set(names), scheme
+        self.names, self.scheme, self.importance = set(names), scheme, importance or {}
 
     def apply(self, prog):
         dtype = np_uint4_dtype if self.scheme.bits == 4 else np.uint8
@@ -139,7 +167,8 @@ class AsymmetricBlockwise(AbstractGraphPass):
             if w.shape[-1] % self.scheme.block:
                 raise SmolshipError(f"Weight '{op.name}' is {w.shape[-1]} wide, not a multiple of the "
                                     f"{self.scheme.block}-wide blocks of this recipe.", "Use the w8 or fp16 recipe for this model.")
-            q, scale, offset = asymmetric_blocks(w, self.scheme.bits, self.scheme.block, self.scheme.search)
+            q, scale, offset = asymmetric_blocks(w, self.scheme.bits, self.scheme.block, self.scheme.search,
+                                                 self.importance.get(op.name))
             with main:
                 new = mb.constexpr_blockwise_shift_scale(data=q.astype(dtype), scale=scale, offset=offset,
                                                           before_op=op, name=op.name + "_quantized")
@@ -207,17 +236,20 @@ class Chunked(AbstractGraphPass):
                           done / len(items))
 
 
-def compress(mlmodel, params, plan: Plan, progress: Progress = no_progress):
-    """Apply `plan` to a converted fp16 MLModel holding `params` (state-dict names).
+def compress(mlmodel, params, plan: Plan, progress: Progress = no_progress, importance: dict | None = None):
+    """Apply `plan` to a converted fp16 MLModel holding `params` (state-dict names); `importance`
+    ({param: (I,) tensor}) weights the searched 4-bit grids.
 
     Returns (new MLModel, {param: scheme text}) for the weights it compressed."""
     consts = compressible(params)  # {mil const name: (param, class)}
-    chosen = {name: plan.scheme(cls) for name, (_p, cls) in consts.items() if plan.scheme(cls) is not None}
+    chosen = {name: s for name, (p, cls) in consts.items() if (s := plan.scheme_for(p, cls)) is not None}
     if not chosen:
         return mlmodel, {}
     passes: list[AbstractGraphPass] = []
     for scheme in dict.fromkeys(s for s in chosen.values() if isinstance(s, Affine) and not s.symmetric):
-        passes.append(AsymmetricBlockwise([n for n, s in chosen.items() if s == scheme], scheme))
+        names = [n for n, s in chosen.items() if s == scheme]
+        by_op = {n: importance[consts[n][0]] for n in names if importance and consts[n][0] in importance}
+        passes.append(AsymmetricBlockwise(names, scheme, by_op))
     linear = {n: op_config(s) for n, s in chosen.items() if isinstance(s, Affine) and s.symmetric}
     if linear:
         passes.append(library_pass("linear_quantize_weights", linear))

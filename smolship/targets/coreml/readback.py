@@ -138,6 +138,8 @@ def check_structure(pkg: Package, cfg, max_seq_len: int, compressed: dict[str, s
     for name, w in pkg.weights.items():
         if name in compressed and w.op_type == "const":
             problems.append(f"'{name}' should be stored as {compressed[name]} but is a plain {w.storage} const")
+        elif name in compressed and compressed[name].split()[0] != w.storage.split()[0]:  # "uint4", "int8", "4-bit"
+            problems.append(f"'{name}' should be stored as {compressed[name]} but is {w.storage}")
         if name not in compressed and (w.op_type != "const" or w.storage != "fp16"):
             problems.append(f"'{name}' should be fp16 but is stored as {w.storage}")
     if len(pkg.tables) != 2:

@@ -16,12 +16,15 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import coremltools as ct
 import torch
 
 from smolship.errors import SmolshipError
+from smolship.exporter import calibration
+from smolship.quant.mixed import eight_bit_patterns
 from smolship.runner import Runner
 from smolship.targets.base import (
     ExportOptions,
@@ -33,28 +36,50 @@ from smolship.targets.base import (
     no_progress,
 )
 from smolship.targets.coreml import readback
-from smolship.targets.coreml.compress import PLANS, Plan, compress
+from smolship.targets.coreml.compress import EIGHT_BIT, PLANS, Affine, Plan, compress, described_scheme
 from smolship.targets.coreml.convert import convert, describe
 from smolship.targets.coreml.naming import weight_class
 from smolship.targets.coreml.runner import CoreMLRunner, runtime_unavailable_reason
 from smolship.targets.coreml.reproducible import pin_package, reset_op_names
+from smolship.targets.knobs import knob, parse
 
 RECIPES = (
     Recipe("fp16", Precision.FP16, "fp16 weights and compute"),
     Recipe("w8", Precision.INT8, "int8 per-channel linears, int8 per-block-32 embedding/lm_head"),
-    Recipe("w4", Precision.INT4, "uint4 per-block-32 with fp16 offsets (asymmetric), int8 embedding/lm_head"),
+    Recipe("w4", Precision.INT4, "uint4 per-block-32 with fp16 offsets (importance-searched), first/last layers and "
+                                 "o_proj int8 per channel, int8 embedding/lm_head"),
     Recipe("pal4", Precision.INT4, "4-bit k-means palettes per 16 output channels, int8 embedding/lm_head (slow)"),
 )
 
 
-def plan_for(recipe: Recipe, options: ExportOptions) -> Plan:
+@dataclass(frozen=True)
+class CoreMLKnobs:
+    """ExportOptions.extra for the Core ML target (checked by targets.knobs.parse before any work)."""
+
+    eight_bit: list = knob(None, "regexes of layer weights (state-dict names) stored as int8 per channel "
+                                 "(default: the w4 recipe's own list)")
+    grid_search: bool = knob(None, "4-bit blocks: importance-free MSE search of each block's range (default: the recipe's)")
+
+
+CALIBRATION_TOKENS = 4096  # held-out eval documents (exporter.calibration's policy), importance only
+
+
+def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> Plan:
     plan = PLANS[recipe.name]
+    k = parse(CoreMLKnobs, options.extra, "coreml")
+    eight_bit = k.eight_bit
+    if eight_bit is None and recipe.name == "w4":
+        eight_bit = eight_bit_patterns(num_layers, "state_dict")
+    if eight_bit:
+        plan = replace(plan, rules=tuple((p, EIGHT_BIT) for p in eight_bit))
+    if k.grid_search is not None and isinstance(plan.linear, Affine) and not plan.linear.symmetric:
+        plan = replace(plan, linear=replace(plan.linear, search=k.grid_search))
     return plan.without_embedding() if options.keep_embeddings_fp else plan
 
 
 def expected_compression(plan_info: dict, params) -> dict[str, str]:
     """{param: scheme} that the recorded plan (manifest target_info['plan']) compresses."""
-    return {p: plan_info[weight_class(p)] for p in params if plan_info.get(weight_class(p) or "")}
+    return {p: text for p in params if (cls := weight_class(p)) and (text := described_scheme(plan_info, p, cls))}
 
 
 def hf_config(source) -> dict:
@@ -69,6 +94,7 @@ class CoreMLTarget(Target):
     extra = "coreml"
     recipes: ClassVar[dict[str, Recipe]] = {r.name: r for r in RECIPES}
     default_recipes = ("fp16", "w8", "w4")
+    knobs = CoreMLKnobs
     runtime_available_reason = "Core ML runs only on macOS 15+"
 
     # (weakref to source, max_seq_len, saved fp16 package, seconds) of the last conversion. The fp16
@@ -98,12 +124,20 @@ class CoreMLTarget(Target):
         if not 2 <= max_seq_len <= cfg.max_position_embeddings:
             raise SmolshipError(f"--max-seq-len {max_seq_len} is outside 2..{cfg.max_position_embeddings} for {model.name}.",
                                 f"Pass a context length up to the model's {cfg.max_position_embeddings} positions.")
-        plan = plan_for(recipe, options)
+        plan = plan_for(recipe, options, cfg.num_layers)
         fp16, convert_s, reused = self._fp16(model, max_seq_len, progress)
+        importance, calibration_record = None, None
+        if plan.wants_importance():
+            progress("calibration (importance of each input channel, held-out text)", 0.4)
+            cal = calibration.calibration_set(model, options.calibration_text, max_tokens=CALIBRATION_TOKENS)
+            stats = calibration.collect(model, cal.sequences, want_hessian=False)
+            importance = {p: stats.importance[k] for p in model.state_dict if (k := calibration.stats_key(p)) in stats.importance}
+            calibration_record = cal.record
         progress(f"compressing ({recipe.name})", 0.4)
         t0 = time.perf_counter()
         reset_op_names()
-        mlmodel, applied = compress(fp16, list(model.state_dict), plan, lambda d, f: progress(d, 0.4 + 0.5 * f))
+        mlmodel, applied = compress(fp16, list(model.state_dict), plan, lambda d, f: progress(d, 0.4 + 0.5 * f),
+                                    importance)
         compress_s = time.perf_counter() - t0
         describe(mlmodel, model, recipe, max_seq_len)
         progress("saving model.mlpackage", 0.9)
@@ -124,7 +158,8 @@ class CoreMLTarget(Target):
             "io_convention": "huggingface/swift-transformers stateful LanguageModel (inputIds, causalMask -> logits; "
                              "keyCache/valueCache states)",
             "inputs": io["inputs"], "states": io["states"], "metadata": io["metadata"],
-            "plan": plan_info, "compressed_weights": len(applied), "storage": readback.summary(pkg),
+            "plan": plan_info, "compressed_weights": len(applied),
+            **({"calibration": calibration_record} if calibration_record else {}), "storage": readback.summary(pkg),
             "convert_s": round(convert_s, 1), "conversion_reused": reused,
             "compress_s": round(compress_s, 1), "save_s": round(save_s, 1),
         }
