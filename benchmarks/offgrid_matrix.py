@@ -69,9 +69,13 @@ def main() -> None:
                        "seconds": round(time.time() - t0, 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                save(args, rows)  # after every row: a run cut short keeps what it measured
                 shutil.rmtree(path, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def save(args, rows: list) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     key = lambda r: (r["model"], r["target"], r["recipe"], json.dumps(r["knobs"], sort_keys=True))  # noqa: E731

@@ -108,7 +108,7 @@ def onnx_effective(source, spec: str, calib, only: str | None = None) -> tuple[d
 
 def run_et(source, spec: str, docs, max_len: int, calib_tokens: int = 4096):
     from smolship.targets.executorch import quantize as Q
-    from smolship.targets.executorch.target import PLANS
+    from smolship.targets.executorch.recipes import PLANS
 
     name = spec.split(":", 1)[1]
     if name in PLANS:

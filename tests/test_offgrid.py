@@ -75,3 +75,40 @@ def test_offgrid_folder_loads_in_transformers_and_answers_paris(offgrid_model):
 
 
 # --- slow: the 4-bit bounds each target holds off the grid (figures: bench-results/offgrid_matrix.json) ----
+# Each target's 4-bit-class default recipe, exported from the off-grid model and validated in its own runtime
+# (Core ML on Linux: weights read back out of the package) on 1,024 eval tokens against the same folder's fp32.
+# Bounds: the figure measured by benchmarks/offgrid_matrix.py (2,048 tokens) + ~25% for the shorter eval; the
+# issue's goal (0.035, our GGUF q4_k_m) is not reached by these kernels at 110 MB (recipes.py of each target).
+OFFGRID_BOUNDS = {  # target: (recipe, kld_mean bound, measured at 2,048 tokens)
+    "onnx": ("int4", 0.11, 0.086),
+    "coreml": ("w4", 0.10, 0.075),
+    "executorch": ("8da4w", 0.21, 0.165),
+}
+
+
+@pytest.fixture(scope="session")
+def offgrid_validator(offgrid_model):
+    from conftest import quick_settings
+    from smolship.validation.validate import Validator
+
+    return Validator(offgrid_model, quick_settings(1024))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(OFFGRID_BOUNDS))
+def test_four_bit_default_holds_off_the_grid(target, offgrid_model, offgrid_validator, tmp_path):
+    from smolship.export import export_bundle
+    from smolship.targets import ExportOptions, available_targets, get_target
+
+    recipe, bound, _measured = OFFGRID_BOUNDS[target]
+    if target not in available_targets():
+        pytest.skip(f"{target} is not installed")
+    t = get_target(target)
+    _, manifest = export_bundle(offgrid_model, target, t.recipes[recipe], tmp_path, ExportOptions(max_seq_len=512),
+                                validator=offgrid_validator)
+    v = manifest["validation"]
+    par = v if "kld_mean" in v else v["weight_parity"]
+    assert manifest["size_mb"] <= 110, manifest["size_mb"]
+    assert par["kld_mean"] <= bound, par
+    calibration = manifest["target_info"]["calibration"]  # held-out text, recorded
+    assert "held-out" in calibration["text"] and calibration["tokens"] > 0

@@ -140,7 +140,8 @@ def test_executorch_llm_runner_generates_the_same_tokens(fp32_bundle, fp32_runne
 def test_quantized_program_equals_its_eager_model(tiny_model, tmp_path, target, recipe):
     """The .pte runs exactly the quantized model we built (XNNPACK vs torchao reference math)."""
     from smolship.targets.executorch.ops import ExportLlama
-    from smolship.targets.executorch.target import PLANS, calibrate
+    from smolship.targets.executorch.recipes import PLANS
+    from smolship.targets.executorch.target import calibrate
 
     result = target.export(tiny_model, target.recipes[recipe], tmp_path, TINY)
     runner = target.load_runner(tmp_path, {"max_seq_len": CACHE})
@@ -217,7 +218,7 @@ def test_export_forward_equals_the_model_it_wraps(tiny_model, recipe):
     """ExportLlama's swaps (custom-op attention, fused q/k/v with per-head RoPE tables, norms and block
     means as FCs) compute what the quantized Llama computes."""
     from smolship.targets.executorch.ops import ExportLlama, qkv_fused
-    from smolship.targets.executorch.target import PLANS
+    from smolship.targets.executorch.recipes import PLANS
 
     model = tiny_model.build(CACHE)
     # the 4-bit embedding returns fp16 rows, which only ExportLlama casts back: keep it float here
@@ -242,16 +243,19 @@ def test_matmul_left_outside_xnnpack_fails_the_export():
         check_delegated({"non_delegated_op_types": {"linear": 1, "custom_sdpa": 30}})
 
 
-def test_plan_overrides_first_match_wins():
-    from smolship.targets.executorch.target import PLANS
+def test_plan_overrides_first_match_wins(target):
+    from smolship.targets.executorch.recipes import plan_for
 
-    plan = Q.with_overrides(PLANS["8da4w"], {"rules": [[r"layers\.0\..*", "w8"]], "lm_head": "8da8w",
-                                            "embedding_bits": 8}, keep_embeddings_fp=False)
+    recipe = target.recipes["8da4w"]
+    plan = plan_for(recipe, ExportOptions(extra={"rules": [[r"layers\.0\..*", "w8"]], "lm_head": "8da8w",
+                                                 "embedding_bits": 8}))
     assert plan.scheme_for("layers.0.mlp.down_proj") is Q.W8
-    assert plan.scheme_for("layers.1.mlp.down_proj").name == "8da4w"
+    assert plan.scheme_for("layers.1.mlp.down_proj") is Q.W8DA4_SEARCH
     assert plan.scheme_for("lm_head") is Q.W8DA8 and plan.embedding is Q.EMB8
-    fp = Q.with_overrides(PLANS["8da4w"], {}, keep_embeddings_fp=True)
+    fp = plan_for(recipe, ExportOptions(keep_embeddings_fp=True))
     assert fp.scheme_for("lm_head") is None and fp.embedding is None
+    with pytest.raises(SmolshipError, match="8da3w"):
+        plan_for(recipe, ExportOptions(extra={"lm_head": "8da3w"}))
 
 
 def test_bad_group_size_is_a_user_error(tiny_model, tmp_path, target):

@@ -377,28 +377,6 @@ def apply_plan(model, plan: QuantPlan, calibration: list[list[int]] | None = Non
             "gptq_linears": len(hessians)}
 
 
-def with_overrides(plan: QuantPlan, extra: dict, keep_embeddings_fp: bool) -> QuantPlan:
-    """ExportOptions knobs: keep_embeddings_fp, and extra {"embedding_bits": 4|8, "lm_head": scheme|"fp32",
-    "group_size": int, "rules": [[regex, scheme|"fp32"], ...] (checked before the recipe's rules),
-    "smooth_alpha": float (0 = off)}."""
-    rules = list(plan.rules)
-    embedding = plan.embedding
-    if "group_size" in extra:
-        rules = [(p, replace(s, group_size=int(extra["group_size"])) if s and s.bits == 4 else s) for p, s in rules]
-    if "embedding_bits" in extra and embedding is not None:
-        embedding = EMB8 if int(extra["embedding_bits"]) == 8 else EMB4
-    user = [(p, None if s == "fp32" else SCHEMES[s]) for p, s in extra.get("rules", [])]
-    if "lm_head" in extra:
-        user.append(("lm_head", None if extra["lm_head"] == "fp32" else SCHEMES[extra["lm_head"]]))
-    if keep_embeddings_fp:
-        user.insert(0, ("lm_head", None))
-        embedding = None
-    alpha = plan.smooth_alpha
-    if "smooth_alpha" in extra:
-        alpha = float(extra["smooth_alpha"]) or None
-    return replace(plan, rules=tuple(user + rules), embedding=embedding, smooth_alpha=alpha)
-
-
 @torch.no_grad()
 def fold_smoothing(model, scales: dict[str, Tensor]) -> int:
     """SmoothQuant, in place: for the norm-fed matrices, divide the RMSNorm weight by s and multiply
