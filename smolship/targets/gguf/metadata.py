@@ -115,7 +115,7 @@ def _readme_license(ref: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def add_general(w, source, ftype: int, n_params: int, extra: dict) -> None:
+def add_general(w, source, ftype: int, n_params: int, license_: str | None = None) -> None:
     """general.name/size_label/license/source + smolship provenance; a GGUF source's general.* carried over."""
     import gguf
 
@@ -139,7 +139,7 @@ def add_general(w, source, ftype: int, n_params: int, extra: dict) -> None:
             w.add_uint32(key, val)
         elif val not in (None, ""):
             w.add_string(key, str(val))
-    license_ = extra.get("license") or fields.get("general.license") or _readme_license(ref)
+    license_ = license_ or fields.get("general.license") or _readme_license(ref)
     if license_:
         w.add_license(str(license_))
     if fields.get("general.name"):

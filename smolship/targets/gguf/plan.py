@@ -1,8 +1,8 @@
 """Which ggml type each tensor gets, and which tensors are copied bit for bit from a GGUF source.
 
 Rules, first match wins (after ExecuTorch's QuantRule tables): 1-D tensors (norms) stay F32; a
-user pattern from ``ExportOptions.extra["tensor_types"]`` (regex on the GGUF name -> type); the token
-embedding / untied output (``extra["embedding_type"]``, else F16 with ``keep_embeddings_fp``, else Q8_0 in
+user pattern from the ``tensor_types`` knob (regex on the GGUF name -> type); the token
+embedding / untied output (the ``embedding_type`` knob, else F16 with ``keep_embeddings_fp``, else Q8_0 in
 low-bit recipes); otherwise the recipe's type. A tensor whose source GGUF already holds it in the
 chosen type is copied, never dequantized and quantized again.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from smolship.errors import SmolshipError
 from smolship.exporter.naming import ours_to_gguf
-from smolship.targets.gguf.recipes import EMBEDDING_FP_TYPE, EMBEDDING_TYPE, GGUFRecipe, Quantizer
+from smolship.targets.gguf.recipes import EMBEDDING_FP_TYPE, EMBEDDING_TYPE, GGUFKnobs, GGUFRecipe, Quantizer
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 EMBEDDING_NAMES = ("token_embd.weight", "output.weight")
@@ -52,10 +52,10 @@ def block_size(type_name: str) -> int:
     return gguf.GGML_QUANT_SIZES[ggml_type(type_name)][0]
 
 
-def embedding_type(grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> str | None:
+def embedding_type(grecipe: GGUFRecipe, keep_fp: bool, knobs: GGUFKnobs) -> str | None:
     """Type forced on token_embd/output, or None to let the recipe (or llama.cpp) decide."""
-    if extra.get("embedding_type"):
-        return ggml_type(extra["embedding_type"]).name
+    if knobs.embedding_type:
+        return ggml_type(knobs.embedding_type).name
     if grecipe.weight_type in FLOAT_TYPES:
         return None
     if keep_fp:
@@ -96,14 +96,14 @@ def compiled_rules(rules: dict[str, str]) -> list[tuple[re.Pattern, str]]:
     return out
 
 
-def choose_type(name: str, shape: tuple[int, ...], grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> str:
+def choose_type(name: str, shape: tuple[int, ...], grecipe: GGUFRecipe, keep_fp: bool, knobs: GGUFKnobs) -> str:
     if len(shape) == 1:
         return "F32"
-    for pattern, type_name in compiled_rules(extra.get("tensor_types") or {}):
+    for pattern, type_name in compiled_rules(knobs.tensor_types):
         if pattern.search(name):
             return type_name
     if name in EMBEDDING_NAMES:
-        return embedding_type(grecipe, keep_fp, extra) or grecipe.weight_type
+        return embedding_type(grecipe, keep_fp, knobs) or grecipe.weight_type
     for pattern, type_name in compiled_rules(dict(grecipe.tensor_rules)):
         if pattern.search(name):
             return type_name
@@ -147,16 +147,16 @@ def tensor_names(source) -> list[tuple[str, str, tuple[int, ...]]]:
     return out
 
 
-def llama_cpp_overrides(plans: list[TensorPlan], grecipe: GGUFRecipe, extra: dict) -> tuple[dict[str, str], int]:
+def llama_cpp_overrides(plans: list[TensorPlan], grecipe: GGUFRecipe, knobs: GGUFKnobs) -> tuple[dict[str, str], int]:
     """Tensor-type overrides for llama.cpp, in its first-match order: the user's, then the source blocks
-    to keep (unless extra["keep_source_blocks"] is False), then the recipe's rules; and how many are kept."""
-    user = extra.get("tensor_types") or {}
+    to keep (unless knobs.keep_source_blocks is False), then the recipe's rules; and how many are kept."""
+    user = knobs.tensor_types
     compiled_rules(user)  # validate early, with smolship's error
-    kept = source_block_overrides(plans, grecipe.weight_type) if extra.get("keep_source_blocks", True) else {}
+    kept = source_block_overrides(plans, grecipe.weight_type) if knobs.keep_source_blocks else {}
     return {**user, **kept, **{p: t for p, t in grecipe.tensor_rules if p not in user}}, len(kept)
 
 
-def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> list[TensorPlan]:
+def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, knobs: GGUFKnobs | None = None) -> list[TensorPlan]:
     plans = []
     for name, ours, shape in tensor_names(source):
         src_type = source_type(source, name, shape)
@@ -164,7 +164,7 @@ def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, extra: dict) -> lis
             check_fits(name, shape, "Q8_0", grecipe.recipe.name)  # k-quants fall back to 32-blocks, no further
             plans.append(TensorPlan(name, ours, shape, src_type or "F32", src_type is not None))
             continue
-        want = choose_type(name, shape, grecipe, keep_fp, extra)
+        want = choose_type(name, shape, grecipe, keep_fp, knobs or GGUFKnobs())
         check_fits(name, shape, want, grecipe.recipe.name)
         plans.append(TensorPlan(name, ours, shape, want, want == src_type))
     return plans

@@ -19,6 +19,7 @@ import enum
 from dataclasses import dataclass
 
 from smolship.targets.base import Precision, Recipe
+from smolship.targets.knobs import knob
 
 
 class Quantizer(str, enum.Enum):
@@ -70,3 +71,17 @@ GGUF_RECIPES: dict[str, GGUFRecipe] = {r.recipe.name: r for r in (
 
 RECIPES: dict[str, Recipe] = {name: r.recipe for name, r in GGUF_RECIPES.items()}
 DEFAULT_RECIPES: tuple[str, ...] = ("q8_0", "q4_k_m")
+
+
+@dataclass(frozen=True)
+class GGUFKnobs:
+    """ExportOptions.extra for GGUF."""
+
+    embedding_type: str | None = knob(None, "ggml type for token_embd / untied output (e.g. Q4_0 for an all-4-bit variant)")
+    tensor_types: dict = knob({}, "{regex on GGUF tensor name: ggml type}, first match wins (both quantizers)")
+    imatrix: bool = knob(True, "False: quantize k-quants without an importance matrix")
+    imatrix_tokens: int | None = knob(None, "calibration tokens (default 2048; held-out text unless calibration_text)")
+    keep_source_blocks: bool = knob(True, "False: let llama.cpp re-quantize a GGUF source's 32-block tensors where it falls back from a k-quant")
+    quantizer: str | None = knob(None, "'llama.cpp' to send a 32-block type through llama.cpp (with the imatrix) too")
+    threads: int = knob(0, "quantizer threads (0: all cores)")
+    license: str | None = knob(None, "general.license when the source does not say")

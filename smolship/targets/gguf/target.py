@@ -4,7 +4,7 @@ The chain: check the source -> plan each tensor's type (plan.py) -> write with g
 either the final file (float and 32-block types) or an intermediate that llama.cpp's own quantizer
 turns into a k-quant mixture (quantize.py, with an importance matrix from imatrix.py).
 
-Target-specific knobs in ``ExportOptions.extra``: `GGUFKnobs` below (typed, checked before any work).
+Target-specific knobs in ``ExportOptions.extra``: `GGUFKnobs` in recipes.py (typed, checked before any work).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from smolship.targets.gguf.imatrix import DEFAULT_TOKENS, calibration_chunks, im
 from smolship.targets.gguf.index import TensorEntry, tensor_bytes, tensor_table
 from smolship.targets.gguf.plan import embedding_type, llama_cpp_overrides, plan_tensors
 from smolship.targets.gguf.quantize import llama_quantize
-from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFRecipe, Quantizer
+from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFKnobs, GGUFRecipe, Quantizer
 from smolship.targets.gguf.runner import LlamaCppRunner
 from smolship.targets.gguf.writer import write_gguf
-from smolship.targets.knobs import knob
+from smolship.targets.knobs import parse
 
 MODEL_FILE = "model.gguf"
 INTERMEDIATE = ".intermediate.gguf"
@@ -41,11 +41,11 @@ def check_source(source) -> None:
                             "'llama' architecture only.", "Pass a Llama-architecture model (SmolLM2, Llama, TinyLlama...).")
 
 
-def gguf_recipe(recipe: Recipe, extra: dict) -> GGUFRecipe:
+def gguf_recipe(recipe: Recipe, knobs: GGUFKnobs) -> GGUFRecipe:
     if recipe.name not in GGUF_RECIPES:
         raise SmolshipError(f"The gguf target has no recipe '{recipe.name}'.", f"Choose one of: {', '.join(GGUF_RECIPES)}.")
     grecipe = GGUF_RECIPES[recipe.name]
-    if extra.get("quantizer") == Quantizer.LLAMA_CPP.value and grecipe.weight_type not in ("F32", "F16", "BF16"):
+    if knobs.quantizer == Quantizer.LLAMA_CPP.value and grecipe.weight_type not in ("F32", "F16", "BF16"):
         grecipe = dataclasses.replace(grecipe, quantizer=Quantizer.LLAMA_CPP)
     return grecipe
 
@@ -63,20 +63,6 @@ def copied_tensor_count(out: Path, table: list[TensorEntry], source) -> int:
     return n
 
 
-@dataclasses.dataclass(frozen=True)
-class GGUFKnobs:
-    """ExportOptions.extra for GGUF."""
-
-    embedding_type: str | None = knob(None, "ggml type for token_embd / untied output (e.g. Q4_0 for an all-4-bit variant)")
-    tensor_types: dict = knob({}, "{regex on GGUF tensor name: ggml type}, first match wins (both quantizers)")
-    imatrix: bool = knob(True, "False: quantize k-quants without an importance matrix")
-    imatrix_tokens: int | None = knob(None, "calibration tokens (default 2048; held-out text unless calibration_text)")
-    keep_source_blocks: bool = knob(True, "False: let llama.cpp re-quantize a GGUF source's 32-block tensors where it falls back from a k-quant")
-    quantizer: str | None = knob(None, "'llama.cpp' to send a 32-block type through llama.cpp (with the imatrix) too")
-    threads: int = knob(0, "quantizer threads (0: all cores)")
-    license: str | None = knob(None, "general.license when the source does not say")
-
-
 class GGUFTarget(Target):
     name = "gguf"
     extra = "gguf"
@@ -86,17 +72,17 @@ class GGUFTarget(Target):
 
     def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
                progress: Progress = no_progress) -> ExportResult:
-        extra = options.extra or {}
-        grecipe = gguf_recipe(recipe, extra)
+        knobs = parse(GGUFKnobs, options.extra, "gguf")
+        grecipe = gguf_recipe(recipe, knobs)
         check_source(model)
-        plans = plan_tensors(model, grecipe, options.keep_embeddings_fp, extra)
+        plans = plan_tensors(model, grecipe, options.keep_embeddings_fp, knobs)
         out = Path(out_dir) / MODEL_FILE
         context = model.config.max_position_embeddings
         info: dict = {"gguf_file": MODEL_FILE, "quantizer": grecipe.quantizer.value, "llama_ftype": grecipe.ftype}
         if grecipe.quantizer is Quantizer.GGUF_PY:
-            info.update(write_gguf(out, model, plans, grecipe.ftype, context, options_extra=extra, progress=progress))
+            info.update(write_gguf(out, model, plans, grecipe.ftype, context, license_=knobs.license, progress=progress))
         else:
-            info.update(self._llama_cpp_export(model, grecipe, plans, Path(out_dir), options, progress))
+            info.update(self._llama_cpp_export(model, grecipe, plans, Path(out_dir), options, knobs, progress))
         progress("gguf: checking", 1.0)
         table = tensor_table(out)  # what was written, read back
         info["tensor_types"] = dict(Counter(t.type for t in table))
@@ -106,28 +92,27 @@ class GGUFTarget(Target):
         return ExportResult(files=[MODEL_FILE], info=info)
 
     def _llama_cpp_export(self, model, grecipe: GGUFRecipe, plans, out_dir: Path, options: ExportOptions,
-                          progress: Progress) -> dict:
-        extra = options.extra or {}
+                          knobs: GGUFKnobs, progress: Progress) -> dict:
         inter = out_dir / INTERMEDIATE
         imatrix, imatrix_info = None, None
-        if extra.get("imatrix", True):
+        if knobs.imatrix:
             progress("gguf: importance matrix", 0.0)
             chunks, label = calibration_chunks(model, options.calibration_text,
-                                               int(extra.get("imatrix_tokens", DEFAULT_TOKENS)))
+                                               knobs.imatrix_tokens or DEFAULT_TOKENS)
             imatrix = importance_matrix(model, chunks)
             imatrix_info = {"dataset": label, "tokens": sum(map(len, chunks)), "entries": len(imatrix)}
-        overrides, n_kept = llama_cpp_overrides(plans, grecipe, extra)
+        overrides, n_kept = llama_cpp_overrides(plans, grecipe, knobs)
         kv = {}
         if imatrix_info:  # llama-quantize's convention, so other tools see how the file was made
             kv = {"quantize.imatrix.dataset": imatrix_info["dataset"], "quantize.imatrix.entries_count": imatrix_info["entries"],
                   "quantize.imatrix.chunks_count": len(chunks)}
         try:
-            write_gguf(inter, model, plans, 0, model.config.max_position_embeddings, extra_kv=kv, options_extra=extra,
+            write_gguf(inter, model, plans, 0, model.config.max_position_embeddings, extra_kv=kv, license_=knobs.license,
                        progress=lambda d, f: progress(d, 0.5 * f))
             progress("gguf: llama.cpp quantize", 0.5)
             log = llama_quantize(inter, out_dir / MODEL_FILE, grecipe.ftype,
-                                 embedding_type=embedding_type(grecipe, options.keep_embeddings_fp, extra),
-                                 tensor_types=overrides, imatrix=imatrix, threads=int(extra.get("threads", 0)))
+                                 embedding_type=embedding_type(grecipe, options.keep_embeddings_fp, knobs),
+                                 tensor_types=overrides, imatrix=imatrix, threads=knobs.threads)
         finally:
             inter.unlink(missing_ok=True)
         return {"imatrix": imatrix_info, "source_blocks_kept": n_kept, "tensor_type_overrides": len(overrides),

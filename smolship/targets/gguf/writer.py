@@ -63,14 +63,14 @@ def copied(plan: TensorPlan, source) -> tuple[np.ndarray, object]:
 
 
 def write_gguf(path: Path, source, plans: list[TensorPlan], ftype: int, context_length: int,
-               extra_kv: dict | None = None, options_extra: dict | None = None, progress=None) -> dict:
+               extra_kv: dict | None = None, license_: str | None = None, progress=None) -> dict:
     """Write the file; returns {"grid_requantized": tensors re-quantized on their source grid}."""
     import gguf
 
     cfg = source.config
     w = gguf.GGUFWriter(path, "llama")
     n_params = int(sum(int(np.prod(p.shape)) for p in plans))
-    add_general(w, source, ftype, n_params, options_extra or {})
+    add_general(w, source, ftype, n_params, license_)
     add_llama_hparams(w, cfg, context_length)
     add_tokenizer(w, source.tokenizer, cfg.vocab_size, source.gguf.fields if source.gguf is not None else None)
     for key, val in (extra_kv or {}).items():
