@@ -34,6 +34,17 @@ def test_bad_export_input_is_a_clear_error_and_writes_nothing(tmp_path, args, ne
     assert not out.exists()
 
 
+def test_a_misspelt_option_is_a_usage_error(tmp_path):
+    """typer >= 0.20 raises its vendored click's errors, which click.ClickException does not catch: this once
+    printed "Unexpected error ... report it" for a typo."""
+    out = tmp_path / "out"
+    proc = smolship("export", "random:tiny", "--target", "onnx", "--no-latency", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert "No such option" in proc.stderr and "--no-latency" in proc.stderr, proc.stderr
+    assert "Unexpected error" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 def test_corrupt_model_file(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\xff" * 64)

@@ -56,3 +56,10 @@ def test_latency_keys_in_process_and_in_a_worker(tiny_model):
     assert res["prefill_tok_s"] > 0 and res["decode_tok_s"] > 0 and res["ttft_ms"] > 0
     worker = latency_in_worker("reference:random:tiny", LatencySettings(16, 8, 1, threads=1))
     assert worker["threads"] == 1 and worker["peak_rss_mb"] > 50 and worker["new_tokens"] == 8
+
+
+def test_latency_fits_a_short_cache(tiny_model):
+    """--max-seq-len 128 with the default 128-token prompt once left -1 tokens to decode (negative tok/s)."""
+    runner = ReferenceRunner.from_source(tiny_model, max_seq_len=128)
+    res = measure_latency(runner, tiny_model.config.vocab_size, LatencySettings(128, 128, 1))
+    assert res["prompt_tokens"] == 63 and res["new_tokens"] == 64 and res["decode_tok_s"] > 0

@@ -36,9 +36,9 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(e, click.ClickException):
+        # usage errors (a misspelt option...): click's own, or the copy of click that typer >= 0.20 vendors
+        # (typer._click), which is not a click.ClickException: both have show() and an exit code
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         if debug_enabled():
