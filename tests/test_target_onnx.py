@@ -224,28 +224,3 @@ def test_real_int8_generates_in_onnxruntime_genai_what_our_runner_generates(defa
                          stop_ids=default_model.tokenizer.stop_ids))
     assert out[:len(ours)] == ours, (tokenizer.decode(out), tokenizer.decode(ours))
 
-
-def test_int8_web_runs_dynamic_int8_matmuls_with_a_shared_table(tiny_model, tmp_path):
-    """The browser recipe: every matmul is DynamicQuantizeMatMul (onnxruntime-web's fast quantized kernel), no
-    MatMulNBits or GatherBlockQuantized, one int8 table serves the embedding and the lm_head, and ONNX Runtime's
-    logits stay close to the reference."""
-    import onnx
-
-    from smolship.targets.onnx.quantize import channel_int8
-
-    path, _ = export_bundle(tiny_model, "onnx", get_target("onnx").recipes["int8-web"], tmp_path,
-                                   ExportOptions(max_seq_len=128), validator=None)
-    model = onnx.load(str(path / "onnx" / "model_quantized.onnx"), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    assert "DynamicQuantizeMatMul" in ops and not ops & {"MatMulNBits", "GatherBlockQuantized"}, ops
-    n_int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert len(n_int8) == 4 * tiny_model.config.num_layers + 1  # the layers' matrices + one shared vocab table
-    w = np.random.default_rng(0).standard_normal((64, 48)).astype(np.float32)
-    q, s = channel_int8(w)
-    assert q.dtype == np.int8 and s.shape == (48,) and np.abs(q * s - w).max() <= s.max() / 2 + 1e-6
-    runner = get_target("onnx").load_runner(path, json.loads((path / "manifest.json").read_text()))
-    ref = ReferenceRunner.from_source(tiny_model, max_seq_len=128)
-    ids = tiny_model.tokenizer.encode("The capital of France is")
-    got, want = np.asarray(runner.prefill(ids))[-1], np.asarray(ref.prefill(ids))[-1]
-    runner.close()
-    assert np.corrcoef(got, want)[0, 1] > 0.98

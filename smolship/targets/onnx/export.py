@@ -26,8 +26,7 @@ ONNX_DIR = "onnx"  # transformers.js looks for its decoders in this sub-folder
 MODEL_FILE = "model.onnx"
 # recipe -> (transformers.js dtype, file name); the suffixes are transformers.js' DEFAULT_DTYPE_SUFFIX_MAPPING
 ONNX_FILES = {"fp32": ("fp32", "model.onnx"), "fp16": ("fp16", "model_fp16.onnx"),
-              "int8": ("q8", "model_quantized.onnx"), "int8-web": ("q8", "model_quantized.onnx"),
-              "int4": ("q4", "model_q4.onnx")}
+              "int8": ("q8", "model_quantized.onnx"), "int4": ("q4", "model_q4.onnx")}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 GRAPHS = ("fused", "plain")
 

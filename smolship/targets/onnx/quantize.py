@@ -23,26 +23,15 @@ EMBEDDING = "embed_tokens"
 
 
 @dataclass(frozen=True)
-class ChannelInt8:
-    """int8 weights with one scale per output column, run by DynamicQuantizeMatMul (int8 activations
-    quantized per call): the one quantized matmul that onnxruntime-web's WASM build runs at fp32 speed or
-    better (MLAS's WASM QGEMM; MatMulNBits there dequantizes every call, 10-17x slower:
-    benchmarks/wasm_matmul.py)."""
-
-    bits: int = 8
-    needs: tuple[bool, bool] = (False, False)
-
-
-@dataclass(frozen=True)
 class QuantRule:
     pattern: str
-    config: BlockQuant | ChannelInt8 | None
+    config: BlockQuant | None
 
 
 @dataclass(frozen=True)
 class QuantPlan:
     rules: tuple[QuantRule, ...]
-    embedding: BlockQuant | ChannelInt8 | None = None
+    embedding: BlockQuant | None = None
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (the fast CPU kernel)
 
     def config_for(self, name: str) -> BlockQuant | None:
@@ -71,20 +60,8 @@ class QuantReport:
                 "worst_weight_rel_rms": dict(sorted(self.weight_error.items(), key=lambda kv: -kv[1])[:5])}
 
 
-def describe(cfg: BlockQuant | ChannelInt8) -> str:
-    if isinstance(cfg, ChannelInt8):
-        return "int8 per-channel sym (DynamicQuantizeMatMul)"
+def describe(cfg: BlockQuant) -> str:
     return f"int{cfg.bits} b{cfg.block_size} {'sym' if cfg.symmetric else 'asym'} {cfg.method}"
-
-
-def channel_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """W (K, N) -> (codes int8 (K, N), scale float32 (N,)): the core's symmetric grid, one scale per column."""
-    import torch
-
-    from smolship.quant.grids import symmetric_search
-
-    q, scale = symmetric_search(torch.from_numpy(np.ascontiguousarray(w.T)), 8, 0, search=False, bf16_scales=False)
-    return q.numpy().T.copy(), scale.reshape(-1).numpy().astype(np.float32)
 
 
 def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tied: bool = False,
@@ -106,18 +83,6 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         w = _weight(w_value)
         k, n = w.shape
         a = node.inputs[0]
-        if isinstance(cfg, ChannelInt8):
-            names = _add_channel_int8(graph, w_value.name, w)
-            new = ir.node("DynamicQuantizeMatMul", [a, graph.initializers[names["B"]], graph.initializers[names["scales"]]],
-                          domain=MS_DOMAIN, name=node.name.replace("MatMul", "DynamicQuantizeMatMul") or None)
-            _replace(graph, node, new)
-            if not w_value.uses() and not w_value.is_graph_output():
-                del graph.initializers[w_value.name]
-            report.matmuls[w_value.name] = describe(cfg)
-            done[w_value.name] = (cfg, names)
-            if progress:
-                progress(f"quantize {w_value.name}", (i + 1) / len(matmuls))
-            continue
         imp = calib.importance.get(w_value.name) if calib else None
         hes = calib.hessian.get(w_value.name) if calib else None
         if cfg.offsets:
@@ -178,36 +143,6 @@ def _add_quantized(graph, base: str, qz: Quantized, cfg: BlockQuant) -> dict[str
     return names
 
 
-def _add_channel_int8(graph, base: str, w: np.ndarray) -> dict[str, str]:
-    import onnx_ir as ir
-
-    q, scale = channel_int8(w)
-    names = {"B": f"{base}.int8", "scales": f"{base}.channel_scales"}
-    for key, arr in (("B", q), ("scales", scale)):
-        graph.register_initializer(ir.Value(name=names[key], const_value=ir.tensor(arr, name=names[key])))
-    return names
-
-
-def _channel_int8_embedding(graph, node, names: dict[str, str]) -> None:
-    """Gather(embed_tokens, ids) -> rows of the (K, V) int8 table, standard ops only (every runtime has them):
-    Transpose(Gather(codes, ids, axis=1)) -> Cast -> Mul(Unsqueeze(Gather(scales, ids)))."""
-    import onnx_ir as ir
-
-    ids = node.inputs[1]
-    axis = ir.Value(name=f"{EMBEDDING}.last_axis", const_value=ir.tensor(np.array([-1], dtype=np.int64),
-                                                                            name=f"{EMBEDDING}.last_axis"))
-    graph.register_initializer(axis)
-    codes = ir.node("Gather", [graph.initializers[names["B"]], ids], attributes={"axis": 1}, name="embed_tokens/codes")
-    rows = ir.node("Transpose", [codes.outputs[0]], attributes={"perm": [1, 2, 0]}, name="embed_tokens/rows_int8")
-    as_float = ir.node("Cast", [rows.outputs[0]], attributes={"to": ir.DataType.FLOAT}, name="embed_tokens/cast")
-    srows = ir.node("Gather", [graph.initializers[names["scales"]], ids], attributes={"axis": 0}, name="embed_tokens/scales")
-    sexp = ir.node("Unsqueeze", [srows.outputs[0], axis], name="embed_tokens/scale_unsqueeze")
-    new = ir.node("Mul", [as_float.outputs[0], sexp.outputs[0]], name="embed_tokens/rows")
-    for n in (codes, rows, as_float, srows, sexp):
-        graph.insert_before(node, n)
-    _replace(graph, node, new)
-
-
 def _append_block_sums(graph, node, a, p: np.ndarray, base: str):
     """x (.., K) -> concat(x, x @ P) (.., K + bs): the extra block that carries the offsets r."""
     import onnx_ir as ir
@@ -248,10 +183,6 @@ def _quantize_embedding(graph, cfg: BlockQuant, done: dict, tied: bool) -> str:
     emb = _weight(node.inputs[0])
     vocab = emb.shape[0]
     shared = tied and "lm_head" in done and done["lm_head"][0] == cfg
-    if isinstance(cfg, ChannelInt8):
-        names = done["lm_head"][1] if shared else _add_channel_int8(graph, EMBEDDING, emb.T)
-        _channel_int8_embedding(graph, node, names)
-        return describe(cfg) + (" (shared with lm_head)" if shared else "")
     if shared:
         _, names = done["lm_head"]
     else:

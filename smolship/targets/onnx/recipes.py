@@ -43,15 +43,12 @@ from smolship.quant.mixed import eight_bit_patterns
 from smolship.targets.base import ExportOptions, Precision, Recipe
 from smolship.targets.knobs import knob, parse
 from smolship.targets.onnx.blockquant import BlockQuant
-from smolship.targets.onnx.quantize import ChannelInt8, QuantPlan, QuantRule
+from smolship.targets.onnx.quantize import QuantPlan, QuantRule
 
 RECIPES: dict[str, Recipe] = {
     "fp32": Recipe("fp32", Precision.FP32, "float32 weights and KV cache; fused ORT kernels"),
     "fp16": Recipe("fp16", Precision.FP16, "float16 weights, activations and KV cache (mobile GPU / NPU execution providers)"),
     "int8": Recipe("int8", Precision.INT8, "MatMulNBits 8-bit block-32 weights, int8 activations; 8-bit embedding shared with lm_head"),
-    "int8-web": Recipe("int8-web", Precision.INT8, "int8 per-channel weights with int8 dynamic activations "
-                       "(DynamicQuantizeMatMul, the fast quantized kernel of onnxruntime-web's WASM build), "
-                       "int8 embedding shared with lm_head: the browser bundle"),
     "int4": Recipe("int4", Precision.INT4, "MatMulNBits 4-bit block-32 float-zero weights (importance-searched), first/last layers and o_proj "
                    "at 8 bits, int8 activations; 8-bit embedding shared with lm_head"),
 }
@@ -97,11 +94,6 @@ def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipeP
         # half the bytes a decode step reads for the 49k-row head (speed), at an accuracy cost the
         # anchor benchmark's front measures; the gather shares it, so int zero points (rtn), not offsets
         head = BlockQuant(bits=4, block_size=32, symmetric=False, method="rtn")
-    if recipe.name == "int8-web":
-        head = None if options.keep_embeddings_fp else ChannelInt8()
-        rules = (QuantRule(r"lm_head", head), QuantRule(r"layers\.\d+\.\w+", ChannelInt8()))
-        alpha = k.smooth_alpha if k.smooth_alpha is not None else INT8_SMOOTH_ALPHA
-        return RecipePlan("float32", QuantPlan(rules=rules, embedding=head), alpha or None)
     if recipe.name == "int8":
         layers, eight_bit = INT8_LAYERS, ()
     else:
