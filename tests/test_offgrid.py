@@ -77,12 +77,12 @@ def test_offgrid_folder_loads_in_transformers_and_answers_paris(offgrid_model):
 # --- slow: the 4-bit bounds each target holds off the grid (figures: bench-results/offgrid_matrix.json) ----
 # Each target's 4-bit-class default recipe, exported from the off-grid model and validated in its own runtime
 # (Core ML on Linux: weights read back out of the package) on 1,024 eval tokens against the same folder's fp32.
-# Bounds: the figure measured by benchmarks/offgrid_matrix.py (2,048 tokens) + ~25% for the shorter eval; the
+# Bounds: the figure measured by benchmarks/offgrid_matrix.py (2,048 tokens) + ~40% for the shorter eval; the
 # issue's goal (0.035, our GGUF q4_k_m) is not reached by these kernels at 110 MB (recipes.py of each target).
-OFFGRID_BOUNDS = {  # target: (recipe, kld_mean bound, measured at 2,048 tokens)
-    "onnx": ("int4", 0.11, 0.086),
-    "coreml": ("w4", 0.10, 0.075),
-    "executorch": ("8da4w", 0.21, 0.165),
+OFFGRID_BOUNDS = {  # target: (recipe, kld_mean bound, measured at 2,048 tokens in bench-results/offgrid_matrix.json)
+    "onnx": ("int4", 0.10, 0.0724),
+    "coreml": ("w4", 0.105, 0.0756),
+    "executorch": ("8da4w", 0.19, 0.1339),
 }
 
 
