@@ -20,7 +20,7 @@ tokens, calibration on 4,096 held-out tokens (benchmarks/offgrid_screen.py, benc
 | ``rtn`` (integer zero points, min/max)                    | 99.9       | 0.343        |             |
 | ``mse`` (integer zero points, importance search)          | 99.9       | 0.242        |             |
 | ``gptq`` (``mse`` + GPTQ)                                 | 99.9       | 0.234        |             |
-| ``offset`` (float-zero min/max: the default before)       | 103.5      | 0.291        | ~0.001      |
+| ``offset`` (float-zero min/max: the default before)       | 103.5      | 0.291        |             |
 | ``offset-gptq``                                           | 103.5      | 0.138        |             |
 | ``offset-search`` (importance-weighted float-zero search) | 103.5      | 0.104        | 0.0011      |
 | + embedding/head blocks of 64                             | 101.7      | 0.104        | 0.0014      |
