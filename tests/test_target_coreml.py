@@ -217,16 +217,16 @@ def test_keep_embeddings_fp(tiny_model, tmp_path):
 
 
 def test_w4_rules_store_named_weights_at_8_bits(tiny_model, tmp_path):
-    """Mixed precision (issue 19): a rule's weights are int8 per channel, the rest stay uint4 blocks, and the
+    """Mixed precision (issue 19): a rule's weights are uint8 blocks, the rest stay uint4 blocks, and the
     structure check reads the rule back from the manifest's plan (it fails if the package disagrees)."""
     opts = ExportOptions(max_seq_len=TINY_SEQ, extra={"eight_bit": [r"layers\.1\.self_attn\.[kv]_proj\.weight"],
                                                       "grid_search": True})
     result = TARGET.export(tiny_model, TARGET.recipes["w4"], tmp_path, opts)
     plan = result.info["plan"]
-    assert plan["rules"] == [[r"layers\.1\.self_attn\.[kv]_proj\.weight", "int8 per-channel"]]
+    assert plan["rules"] == [[r"layers\.1\.self_attn\.[kv]_proj\.weight", "uint8 per-block 32 + fp16 offset"]]
     pkg = read(tmp_path, tiny_model)
     storage = {n: w.storage for n, w in pkg.weights.items() if "_proj" in n}
-    eight = {n for n, s in storage.items() if s.startswith("int8")}
+    eight = {n for n, s in storage.items() if s.startswith("uint8")}
     assert eight == {"layers.1.self_attn.k_proj.weight", "layers.1.self_attn.v_proj.weight"}, storage
     assert all(s.startswith("uint4 block") for n, s in storage.items() if n not in eight)
     want = expected_compression(plan, tiny_model.state_dict)

@@ -47,7 +47,7 @@ RECIPES = (
     Recipe("fp16", Precision.FP16, "fp16 weights and compute"),
     Recipe("w8", Precision.INT8, "int8 per-channel linears, int8 per-block-32 embedding/lm_head"),
     Recipe("w4", Precision.INT4, "uint4 per-block-32 with fp16 offsets (importance-searched), first/last layers and "
-                                 "o_proj int8 per channel, int8 embedding/lm_head"),
+                                 "o_proj as uint8 blocks, int8 embedding/lm_head"),
     Recipe("pal4", Precision.INT4, "4-bit k-means palettes per 16 output channels, int8 embedding/lm_head (slow)"),
 )
 
@@ -56,7 +56,7 @@ RECIPES = (
 class CoreMLKnobs:
     """ExportOptions.extra for the Core ML target (checked by targets.knobs.parse before any work)."""
 
-    eight_bit: list = knob(None, "regexes of layer weights (state-dict names) stored as int8 per channel "
+    eight_bit: list = knob(None, "regexes of layer weights (state-dict names) stored as uint8 blocks "
                                  "(default: the w4 recipe's own list)")
     grid_search: bool = knob(None, "4-bit blocks: importance-free MSE search of each block's range (default: the recipe's)")
 
