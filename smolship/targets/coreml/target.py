@@ -56,9 +56,9 @@ RECIPES = (
 class CoreMLKnobs:
     """ExportOptions.extra for the Core ML target (checked by targets.knobs.parse before any work)."""
 
-    eight_bit: list = knob(None, "regexes of layer weights (state-dict names) stored as uint8 blocks "
+    eight_bit: list | None = knob(None, "regexes of layer weights (state-dict names) stored as uint8 blocks "
                                  "(default: the w4 recipe's own list)")
-    grid_search: bool = knob(None, "4-bit blocks: importance-free MSE search of each block's range (default: the recipe's)")
+    grid_search: bool | None = knob(None, "4-bit blocks: importance-weighted search of each block's range on held-out text (w4 default: on)")
 
 
 CALIBRATION_TOKENS = 4096  # held-out eval documents (exporter.calibration's policy), importance only
