@@ -161,3 +161,16 @@ def test_eight_bit_rule_names_the_same_matrices_in_every_naming(style, tiny_mode
     assert {n for n in chosen if layer(n) in (0, 29)} == {n for n in names if layer(n) in (0, 29)}
     middle = {n for n in chosen if layer(n) not in (0, 29)}
     assert middle and all("o_proj" in n for n in middle) and len(middle) == 28  # one o_proj per middle layer
+
+
+def test_every_layer_weight_has_its_statistic(tiny_model):
+    """calibration.stats_key maps state-dict names onto collect()'s keys (Core ML reads importance through it)."""
+    from smolship.exporter.calibration import calibration_set, collect, stats_key
+
+    stats = collect(tiny_model, calibration_set(tiny_model, None, 256).sequences, want_hessian=False)
+    layer_weights = [p for p in tiny_model.state_dict if p.startswith("layers.") and p.endswith("_proj.weight")]
+    assert len(layer_weights) == 7 * tiny_model.config.num_layers
+    for p in layer_weights:
+        assert stats_key(p) in stats.importance, p
+        assert stats.importance[stats_key(p)].shape[0] == tiny_model.state_dict[p].shape[1], p  # its input width
+    assert stats_key("lm_head.weight") == "lm_head" and stats_key("embed_tokens.weight") is None
