@@ -81,7 +81,7 @@ def test_offgrid_folder_loads_in_transformers_and_answers_paris(offgrid_model):
 # issue's goal (0.035, our GGUF q4_k_m) is not reached by these kernels at 110 MB (recipes.py of each target).
 OFFGRID_BOUNDS = {  # target: (recipe, kld_mean bound, measured at 2,048 tokens in bench-results/offgrid_matrix.json)
     "onnx": ("int4", 0.10, 0.0724),
-    "coreml": ("w4", 0.105, 0.0756),
+    "coreml": ("w4", 0.105, 0.0749),
     "executorch": ("8da4w", 0.19, 0.1339),
 }
 

@@ -116,9 +116,9 @@ PLANS: dict[str, Plan] = {
     "fp16": Plan(None, None),
     "w8": Plan(Affine(8, None), EMBED_8BIT),
     # searched float-zero blocks + 8-bit first/last layers and o_proj (quant/mixed.py), for weights on no grid
-    # (issue 19): off-grid model 104.4 MB, kld 0.076 (weights read back, 2,048 tokens; min/max blocks and no
-    # 8-bit layers, the recipe before: 98 MB, eager ~0.29). The default model's Q4_1 blocks stay exact (min/max
-    # is one search candidate). ~5 MB of the 110 MB budget is left: more int8 rows are the next measurement.
+    # (issue 19): off-grid model 106.4 MB, kld 0.075 (weights read back, 2,048 tokens). The recipe before was
+    # min/max blocks without 8-bit layers (98 MB): the grid of ONNX's ``offset``, eager off-grid kld 0.29. The
+    # default model's Q4_1 blocks stay exact (min/max is one search candidate). 3.6 MB of the budget is left.
     "w4": Plan(Affine(4, 32, symmetric=False, search=True), EMBED_8BIT),
     "pal4": Plan(Palette(4, 16), EMBED_8BIT),
 }
