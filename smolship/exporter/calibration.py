@@ -23,6 +23,7 @@ from smolship.quant.stats import Stats, collect as collect_stats
 # fused-graph weight -> the reference module whose input it multiplies
 _SOURCES = {"qkv_proj": "self_attn.q_proj", "o_proj": "self_attn.o_proj",
             "gate_up_proj": "mlp.gate_proj", "down_proj": "mlp.down_proj"}
+CALIBRATION_TOKENS = 4096  # what ONNX, ExecuTorch and Core ML calibrate on (the held-out documents hold ~3,700)
 HELD_OUT_DOCS = 16  # the eval set's last documents: never scored at the default 4,096 eval tokens
 Calibration = Stats  # importance, hessian, tokens
 
@@ -33,7 +34,7 @@ class CalibrationSet:
     record: dict  # for the manifest: {"text", "documents", "tokens"}
 
 
-def calibration_set(source, text: str | None, max_tokens: int, doc_tokens: int = 256) -> CalibrationSet:
+def calibration_set(source, text: str | None, max_tokens: int = CALIBRATION_TOKENS, doc_tokens: int = 256) -> CalibrationSet:
     """Token sequences to calibrate on: `text` cut into `doc_tokens` pieces, else held-out eval documents.
 
     The held-out documents are read from the end of the eval set (the last HELD_OUT_DOCS, newest last),
@@ -65,7 +66,8 @@ def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int =
     return calibration_set(source, text, max_tokens, doc_tokens).sequences
 
 
-_FUSED_OF = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
+# a layer's weights (HF names) -> the fused ONNX graph weight that holds them, whose input `collect` measures
+FUSED_OF = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
              "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
              "mlp.down_proj": "down_proj"}
 
@@ -76,7 +78,7 @@ def stats_key(param: str) -> str | None:
     if param == "lm_head.weight":
         return "lm_head"
     layer, _, rest = param.removeprefix("layers.").partition(".")
-    fused = _FUSED_OF.get(rest.removesuffix(".weight"))
+    fused = FUSED_OF.get(rest.removesuffix(".weight"))
     return f"layers.{layer}.{fused}" if param.startswith("layers.") and fused else None
 
 

@@ -61,9 +61,6 @@ class CoreMLKnobs:
     grid_search: bool | None = knob(None, "4-bit blocks: importance-weighted search of each block's range on held-out text (w4 default: on)")
 
 
-CALIBRATION_TOKENS = 4096  # held-out eval documents (exporter.calibration's policy), importance only
-
-
 def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> Plan:
     plan = PLANS[recipe.name]
     k = parse(CoreMLKnobs, options.extra, "coreml")
@@ -129,7 +126,7 @@ class CoreMLTarget(Target):
         importance, calibration_record = None, None
         if plan.wants_importance():
             progress("calibration (importance of each input channel, held-out text)", 0.4)
-            cal = calibration.calibration_set(model, options.calibration_text, max_tokens=CALIBRATION_TOKENS)
+            cal = calibration.calibration_set(model, options.calibration_text)
             stats = calibration.collect(model, cal.sequences, want_hessian=False)
             importance = {p: stats.importance[k] for p in model.state_dict if (k := calibration.stats_key(p)) in stats.importance}
             calibration_record = cal.record

@@ -22,11 +22,6 @@ def collect_hessians(model, batches: list[list[int]], names: set[str]) -> dict[s
     return collect(model, batches, {n: n for n in names}, hessian_keys=names).hessian
 
 
-def collect_stats(model, batches: list[list[int]], names: set[str], hessian_keys: set[str]):
-    """Importance of every named linear's input and Hessians of those in `hessian_keys` (quant.stats.Stats)."""
-    return collect(model, batches, {n: n for n in names}, hessian_keys=hessian_keys)
-
-
 @torch.no_grad()
 def gptq_per_channel(w: Tensor, hessian: Tensor, scale: Tensor, bits: int = 8, damp: float = 0.01,
                      block: int = 128) -> Tensor:

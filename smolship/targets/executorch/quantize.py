@@ -50,6 +50,11 @@ class LinearScheme:
     grid_search: bool = False  # 4-bit offsets: importance-weighted float-zero search (+ GPTQ), for weights on no grid
 
     @property
+    def reads_statistics(self) -> bool:
+        """GPTQ reads the calibration Hessian; the 4-bit grid search, each input channel's importance."""
+        return self.gptq or self.grid_search
+
+    @property
     def block(self) -> int:
         """Input block that shares one offset (`BlockOffsetLinear`)."""
         return self.group_size or self.offset_block
@@ -102,9 +107,9 @@ class QuantPlan:
     smooth_alpha: float | None = None  # SmoothQuant folded into the norms before int8 dynamic activations
     notes: dict = field(default_factory=dict)
 
-    def wants_gptq(self) -> bool:
-        """Whether any scheme reads calibration statistics (GPTQ's Hessian, or its diagonal as search weights)."""
-        return any(s is not None and (s.gptq or s.grid_search) for _, s in self.rules)
+    def wants_statistics(self) -> bool:
+        """Whether any scheme reads calibration statistics (GPTQ's Hessian, or the grid search's importance)."""
+        return any(s is not None and s.reads_statistics for _, s in self.rules)
 
     def scheme_for(self, name: str) -> LinearScheme | None:
         for pattern, scheme in self.rules:
@@ -121,7 +126,7 @@ class QuantPlan:
                                                               "group_size": self.embedding.group_size,
                                                               "asymmetric": self.embedding.asymmetric},
             "smooth_alpha": self.smooth_alpha,
-            "gptq": self.wants_gptq(),
+            "gptq": any(s is not None and s.gptq for _, s in self.rules),
             **self.notes,
         }
 
@@ -308,6 +313,7 @@ class ResidualLinear(nn.Module):
 
 
 def quantize_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> nn.Module:
+    """`hessian` (X^T X / n) feeds GPTQ, and its diagonal weights the 4-bit grid search."""
     w = w.detach().float()
     if scheme.block_offsets:
         return _block_offset_linear(w, scheme, hessian)
@@ -353,11 +359,11 @@ def apply_plan(model, plan: QuantPlan, calibration: list[list[int]] | None = Non
     to nearest."""
     counts: dict[str, int] = {}
     hessians: dict[str, Tensor] = {}
-    wants_gptq = {n for n in linear_names(model) if (s := plan.scheme_for(n)) is not None and (s.gptq or s.grid_search)}
-    if calibration and wants_gptq:
+    readers = {n for n in linear_names(model) if (s := plan.scheme_for(n)) is not None and s.reads_statistics}
+    if calibration and readers:
         from smolship.targets.executorch.gptq import collect_hessians
 
-        hessians = collect_hessians(model, calibration, wants_gptq)
+        hessians = collect_hessians(model, calibration, readers)
     if model.cfg.tie_word_embeddings and (plan.embedding is not None or plan.scheme_for("lm_head")):
         # The embedding lookup and the lm_head matmul run on different kernels with different
         # layouts, so each gets its own copy of the tied matrix.

@@ -42,25 +42,22 @@ def check_options(model, options: ExportOptions) -> None:
                             "Use group_size 32 (the default) or another multiple of 32 that divides both.")
 
 
-CALIBRATION_TOKENS = 4096
-
-
 def calibrate(model, llama, plan: Q.QuantPlan, options: ExportOptions) -> tuple[list[list[int]] | None, dict | None]:
     """Fold SmoothQuant scales into `llama` (when the plan smooths) and return the token sequences GPTQ
     calibrates on (when any scheme asks for it) with the manifest's record of that text
     (exporter.calibration.calibration_set: held-out text unless ExportOptions.calibration_text)."""
-    if not plan.smooth_alpha and not plan.wants_gptq():
+    if not plan.smooth_alpha and not plan.wants_statistics():
         return None, None
     from smolship.exporter import calibration
 
-    cal = calibration.calibration_set(model, options.calibration_text, max_tokens=CALIBRATION_TOKENS,
+    cal = calibration.calibration_set(model, options.calibration_text,
                                       doc_tokens=min(256, llama.max_seq_len))  # GPTQ runs them through `llama`
     seqs = cal.sequences
     if plan.smooth_alpha:
         stats = calibration.collect(model, seqs, want_hessian=False)
         scales = calibration.smoothing_scales(stats, model.state_dict, model.config.num_layers, plan.smooth_alpha)
         Q.fold_smoothing(llama, scales)
-    return (seqs if plan.wants_gptq() else None), cal.record
+    return (seqs if plan.wants_statistics() else None), cal.record
 
 
 

@@ -156,7 +156,7 @@ def llama_cpp_overrides(plans: list[TensorPlan], grecipe: GGUFRecipe, knobs: GGU
     return {**user, **kept, **{p: t for p, t in grecipe.tensor_rules if p not in user}}, len(kept)
 
 
-def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, knobs: GGUFKnobs | None = None) -> list[TensorPlan]:
+def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, knobs: GGUFKnobs) -> list[TensorPlan]:
     plans = []
     for name, ours, shape in tensor_names(source):
         src_type = source_type(source, name, shape)
@@ -164,7 +164,7 @@ def plan_tensors(source, grecipe: GGUFRecipe, keep_fp: bool, knobs: GGUFKnobs | 
             check_fits(name, shape, "Q8_0", grecipe.recipe.name)  # k-quants fall back to 32-blocks, no further
             plans.append(TensorPlan(name, ours, shape, src_type or "F32", src_type is not None))
             continue
-        want = choose_type(name, shape, grecipe, keep_fp, knobs or GGUFKnobs())
+        want = choose_type(name, shape, grecipe, keep_fp, knobs)
         check_fits(name, shape, want, grecipe.recipe.name)
         plans.append(TensorPlan(name, ours, shape, want, want == src_type))
     return plans

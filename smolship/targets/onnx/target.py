@@ -48,7 +48,7 @@ class OnnxTarget(Target):
         want_imp, want_hes = plan.quant.needs_calibration() if plan.quant else (False, False)
         if want_imp or want_hes or (plan.smooth_alpha and graph == "fused"):
             progress("calibration", 0.0)
-            cal = calibration.calibration_set(model, options.calibration_text, max_tokens=4096)  # held-out text
+            cal = calibration.calibration_set(model, options.calibration_text)  # held-out text
             calib = calibration.collect(model, cal.sequences, want_hes)
             info["calibration"] = cal.record
             if plan.smooth_alpha and graph == "fused":
