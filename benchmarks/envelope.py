@@ -53,3 +53,13 @@ def write(path: Path, result: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+
+def merged_rows(path: Path, rows: list, key) -> list:
+    """The file's rows with this run's laid over them: rows with the same key(row) replaced, the others kept
+    (a sweep run in parts, or cut short, keeps what every part measured)."""
+    path = Path(path)
+    new = {key(r) for r in rows}
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    return [r for r in old if key(r) not in new] + rows

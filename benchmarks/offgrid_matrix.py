@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from envelope import envelope, write  # noqa: E402  (benchmarks/envelope.py)
+from envelope import envelope, merged_rows, write  # noqa: E402  (benchmarks/envelope.py)
 from offgrid_screen import SPECS  # noqa: E402
 
 from smolship.export import export_bundle  # noqa: E402
@@ -76,12 +76,8 @@ def main() -> None:
 
 
 def save(args, rows: list) -> None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
     key = lambda r: (r["model"], r["target"], r["recipe"], json.dumps(r["knobs"], sort_keys=True))  # noqa: E731
-    new = {key(r) for r in rows}
-    write(args.out, envelope("offgrid_matrix", {"eval_tokens": args.eval_tokens},
-                             [r for r in old if key(r) not in new] + rows))
+    write(args.out, envelope("offgrid_matrix", {"eval_tokens": args.eval_tokens}, merged_rows(args.out, rows, key)))
 
 
 if __name__ == "__main__":

@@ -26,15 +26,20 @@ import numpy as np
 import torch
 
 from smolship.exporter import load_model
-from smolship.exporter.calibration import calibration_set, collect
+from smolship.exporter.calibration import calibration_set, collect, stats_key
 from smolship.evalset import load_eval
 
-FUSED = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
-         "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
-         "mlp.down_proj": "down_proj"}
 SPECS = {"default": None, "offgrid": "offgrid:smollm2-135m?seed=0"}
 sys.path.insert(0, str(Path(__file__).parent))
-from envelope import envelope, write  # noqa: E402  (benchmarks/envelope.py: the one result format)
+from envelope import envelope, merged_rows, write  # noqa: E402  (benchmarks/envelope.py: the one result format)
+
+
+def reference(model_name: str, eval_tokens: int):
+    """(source, its first `eval_tokens` eval documents, a cache length that holds them, fp32 logits of each)."""
+    source = load_model(SPECS.get(model_name, model_name))
+    docs = load_eval(source.tokenizer, max_tokens=eval_tokens)
+    max_len = max(len(d.ids) for d in docs) + 1
+    return source, docs, max_len, logits_of(source.build(max_seq_len=max_len), docs)
 
 
 @torch.inference_mode()
@@ -80,10 +85,9 @@ def onnx_effective(source, spec: str, calib, only: str | None = None) -> tuple[d
     sd = dict(source.state_dict)
     mb = 0.0
     for name, w in source.state_dict.items():
-        m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
-        if not m or m.group(2) not in FUSED:
+        fused = stats_key(name)  # layers.N.qkv_proj ...: the ONNX graph's weight, and its statistic's key
+        if fused is None or not name.startswith("layers."):
             continue
-        fused = f"layers.{m.group(1)}.{FUSED[m.group(2)]}"
         if only is not None and not re.fullmatch(only, fused):
             continue
         cfg = eight_cfg if any(re.fullmatch(p, fused) for p in eight) else four
@@ -119,7 +123,7 @@ def run_et(source, spec: str, docs, max_len: int, calib_tokens: int = 4096):
         plan = Q.QuantPlan(rules=(("lm_head", Q.W8DA8_RTN), *rules, (r".*", Q.SCHEMES[parts[0]])), embedding=Q.EMB4)
     model = source.build(max_seq_len=max(max_len, 257))  # calibration pieces are 256 tokens
     seqs = None
-    if plan.wants_gptq():
+    if plan.wants_statistics():
         seqs = calibration_set(source, None, calib_tokens, doc_tokens=256).sequences
     Q.apply_plan(model, plan, seqs)
     return model
@@ -136,10 +140,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for mname in args.models:
-        source = load_model(SPECS.get(mname, mname))
-        docs = load_eval(source.tokenizer, max_tokens=args.eval_tokens)
-        max_len = max(len(d.ids) for d in docs) + 1
-        ref = logits_of(source.build(max_seq_len=max_len), docs)
+        source, docs, max_len, ref = reference(mname, args.eval_tokens)
         calib = None
         if any(c.startswith("onnx:") and c.split(":")[1] not in ("rtn", "offset") for c in args.candidates):
             t0 = time.time()
@@ -162,12 +163,9 @@ def main() -> None:
 
 
 def save(args, rows: list) -> None:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
-    new = {(r["model"], r["candidate"], r["tokens"]) for r in rows}
-    keep = [r for r in old if (r["model"], r["candidate"], r["tokens"]) not in new]
+    key = lambda r: (r["model"], r["candidate"], r["tokens"])  # noqa: E731
     write(args.out, envelope("offgrid_screen", {"eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens},
-                             keep + rows))
+                             merged_rows(args.out, rows, key)))
 
 
 if __name__ == "__main__":

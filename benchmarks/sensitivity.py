@@ -22,14 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from envelope import envelope, write  # noqa: E402
-from offgrid_screen import SPECS, logits_of, onnx_effective, score  # noqa: E402
+from offgrid_screen import logits_of, onnx_effective, reference, score  # noqa: E402
 
-from smolship.exporter import load_model  # noqa: E402
-from smolship.exporter.calibration import calibration_set, collect  # noqa: E402
+from smolship.exporter.calibration import FUSED_OF, calibration_set, collect  # noqa: E402
 from smolship.exporter.model import Llama  # noqa: E402
-from smolship.evalset import load_eval  # noqa: E402
+from smolship.targets.onnx.blockquant import BlockQuant  # noqa: E402
 
-UNITS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+UNITS = tuple(dict.fromkeys(FUSED_OF.values()))  # qkv_proj, o_proj, gate_up_proj, down_proj
 
 
 def main() -> None:
@@ -42,21 +41,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
+    want_importance, want_hessian = BlockQuant(4, 32, False, args.method).needs
     for mname in args.models:
-        source = load_model(SPECS.get(mname, mname))
-        docs = load_eval(source.tokenizer, max_tokens=args.eval_tokens)
-        max_len = max(len(d.ids) for d in docs) + 1
-        ref = logits_of(source.build(max_seq_len=max_len), docs)
+        source, docs, max_len, ref = reference(mname, args.eval_tokens)
         calib = None
-        if args.method not in ("rtn", "offset"):
-            calib = collect(source, calibration_set(source, None, args.calib_tokens).sequences, want_hessian=True)
+        if want_importance:  # Hessians only for the GPTQ methods: K x K per matrix, the slow part of collecting
+            calib = collect(source, calibration_set(source, None, args.calib_tokens).sequences, want_hessian)
         for layer in range(source.config.num_layers):
             for unit in UNITS:
                 t0 = time.time()
                 name = f"layers.{layer}.{unit}"
                 sd, _ = onnx_effective(source, f"onnx:{args.method}", calib, only=name.replace(".", r"\."))
                 got = logits_of(Llama.with_weights(source.config, sd, max_seq_len=max_len), docs)
-                params = sum(source.state_dict[f"layers.{layer}.{p}.weight"].numel() for p in _parts(unit))
+                params = sum(source.state_dict[f"layers.{layer}.{p}.weight"].numel()
+                             for p, fused in FUSED_OF.items() if fused == unit)
                 row = {"model": mname, "matrix": name, "params": params, **score(ref, got),
                        "seconds": round(time.time() - t0, 1)}
                 print(row, flush=True)
@@ -64,11 +62,6 @@ def main() -> None:
         write(args.out, envelope("sensitivity", {"method": args.method, "eval_tokens": args.eval_tokens,
                                                  "calib_tokens": args.calib_tokens}, rows))
 
-
-def _parts(unit: str) -> tuple[str, ...]:
-    return {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-            "o_proj": ("self_attn.o_proj",), "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
-            "down_proj": ("mlp.down_proj",)}[unit]
 
 
 if __name__ == "__main__":
