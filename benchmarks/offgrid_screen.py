@@ -117,10 +117,19 @@ def run_et(source, spec: str, docs, max_len: int, calib_tokens: int = 4096):
     name = spec.split(":", 1)[1]
     if name in PLANS:
         plan = PLANS[name]
-    else:  # et:<scheme>[:8=<regex>]... : layers by scheme, 8-bit (8da8w-rtn) on the regexes, the 8da4w head/embedding
+    else:  # et:<scheme>[:8=<regex>]...[:8s=<scheme>][:h=<scheme>][:rule]: layers by scheme, the 8-bit scheme
+        # (default 8da8w-rtn) on the regexes or on quant/mixed.py's rule, the head's scheme (default 8da8w-rtn)
+        from smolship.quant.mixed import eight_bit_patterns
+
         parts = name.split(":")
-        rules = [(p[2:], Q.SCHEMES["8da8w-rtn"]) for p in parts[1:] if p.startswith("8=")]
-        plan = Q.QuantPlan(rules=(("lm_head", Q.W8DA8_RTN), *rules, (r".*", Q.SCHEMES[parts[0]])), embedding=Q.EMB4)
+        opts = dict(p.split("=", 1) for p in parts[1:] if "=" in p and not p.startswith("8="))
+        eight = Q.SCHEMES[opts.get("8s", "8da8w-rtn")]
+        regexes = [p[2:] for p in parts[1:] if p.startswith("8=")]
+        if "rule" in parts[1:]:
+            regexes += eight_bit_patterns(source.config.num_layers, "module")
+        head = Q.SCHEMES[opts.get("h", "8da8w-rtn")]
+        plan = Q.QuantPlan(rules=(("lm_head", head), *[(r, eight) for r in regexes], (r".*", Q.SCHEMES[parts[0]])),
+                           embedding=Q.EMB4)
     model = source.build(max_seq_len=max(max_len, 257))  # calibration pieces are 256 tokens
     seqs = None
     if plan.wants_statistics():

@@ -85,22 +85,25 @@ def graphs(folder: Path) -> dict[str, Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench-results/wasm_matmul.json"))
+    ap.add_argument("--ort-web", type=Path, default=ORT_WEB,
+                    help="ort.node.min.mjs of the onnxruntime-web to measure (default: the web example's pinned one)")
     args = ap.parse_args()
-    if not ORT_WEB.is_file():
-        sys.exit(f"{ORT_WEB} is missing: run `bash examples/setup-js.sh` first")
+    if not args.ort_web.is_file():
+        sys.exit(f"{args.ort_web} is missing: run `bash examples/setup-js.sh` first")
+    version = json.loads((args.ort_web.parent.parent / "package.json").read_text())["version"]
     with tempfile.TemporaryDirectory() as tmp:
         files = graphs(Path(tmp))
         cases = [[name, str(f), {}] for name, f in files.items()]
         cases.append(["DequantizeLinear int4 -> MatMul, disable_quant_qdq=1", str(files["DequantizeLinear int4 -> MatMul"]),
                       {"session": {"disable_quant_qdq": "1"}}])
         script = Path(tmp) / "bench.mjs"
-        script.write_text(NODE % {"ort": json.dumps(str(ORT_WEB)), "cases": json.dumps(cases), "k": K})
+        script.write_text(NODE % {"ort": json.dumps(str(args.ort_web)), "cases": json.dumps(cases), "k": K})
         proc = subprocess.run(["node", str(script)], capture_output=True, text=True, check=True)
     us = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = [{"graph": name, "us_per_call": v, "vs_fp32": round(v / us["fp32 MatMul"], 2)} for name, v in us.items()]
     for r in rows:
         print(f"{r['graph']:55s} {r['us_per_call']:7d} us  x{r['vs_fp32']}")
-    write(args.out, envelope("wasm_matmul", {"k": K, "n": N, "block": BLOCK, "threads": 1, "calls": 50}, rows))
+    write(args.out, envelope("wasm_matmul", {"onnxruntime_web": version, "k": K, "n": N, "block": BLOCK, "threads": 1, "calls": 50}, rows))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ figures. Every check runs the artifact in ONNX Runtime (or onnxruntime-genai) it
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from smolship.export import export_bundle
 from smolship.runner import ReferenceRunner
+from smolship.validation.parity import log_softmax
 from smolship.targets import ExportOptions, get_target
 from smolship.targets.onnx.blockquant import BlockQuant, dequantize, quantize_weight
 from smolship.targets.onnx.export import export_onnx, save_model
@@ -131,11 +133,34 @@ def test_tiny_bundles_validate_and_quantize(tiny_bundles):
     assert fp32["validation"]["max_abs_logit_diff"] < 1e-3
     int4 = tiny_bundles["int4"][1]
     ops = int4["target_info"]["ops"]
-    assert ops.get("com.microsoft.MatMulNBits", 0) == 4 * 2 + 1  # 4 per layer + lm_head
+    assert ops.get("DequantizeLinear", 0) == 4 * 2 and ops.get("com.microsoft.MatMulNBits") == 1  # layers; tied lm_head
     assert "com.microsoft.GatherBlockQuantized" not in ops and int4["target_info"]["portable_embedding"]  # web-runnable
     assert "shared with lm_head" in int4["target_info"]["quant"]["embedding"]
     # random weights give near-uniform logits (top-1 is noise there); 4-bit + int8 activations measured 0.04
     assert int4["validation"]["kld_mean"] < 0.1, int4["validation"]
+
+
+def test_native_ort_fuses_the_dequantized_weights_and_a_browser_fold_agrees(tiny_bundles, tmp_path):
+    """Native ONNX Runtime turns each DequantizeLinear -> MatMul into MatMulNBits at load (the fast int4 kernel,
+    what genai and Node run); `session.disable_quant_qdq=1` (what the web page sets) folds them into fp32
+    weights instead, which computes the same function up to int8 activation rounding."""
+    import onnx
+
+    from smolship.targets.onnx.runner import BROWSER_FOLD
+
+    path, manifest = tiny_bundles["int4"]
+    prompt = _tokens(12, seed=5)
+    logits = {}
+    for mode, config in (("native", None), ("folded", BROWSER_FOLD)):
+        runner = get_target("onnx").load_runner(path, manifest, session_config=config,
+                                                optimized_path=tmp_path / f"{mode}.onnx")
+        logits[mode] = runner.prefill(prompt)
+        ops = Counter(n.op_type for n in onnx.load(str(tmp_path / f"{mode}.onnx")).graph.node)
+        nbits = 4 * 2 + 1 if mode == "native" else 1  # 4 per layer (fused or folded) + the tied lm_head
+        assert ops["MatMulNBits"] == nbits and ops["DequantizeLinear"] == 0, (mode, ops)
+    a, b = log_softmax(logits["native"]), log_softmax(logits["folded"])
+    assert float((np.exp(a) * (a - b)).sum(-1).mean()) < 0.02
+    assert (logits["native"].argmax(-1) == logits["folded"].argmax(-1)).mean() >= 0.75
 
 
 def test_genai_runs_the_bundle_and_agrees_with_our_runner(tiny_bundles):
@@ -186,7 +211,7 @@ def test_real_fp32_parity_and_64_greedy_tokens(default_model, real_bundles):
 def test_real_int8_kld_with_quantized_lm_head(real_bundles):
     _, manifest = real_bundles("int8")
     quant = manifest["target_info"]["quant"]
-    assert quant["matmul_nbits"] and "shared with lm_head" in quant["embedding"]
+    assert quant["matmul_weights"] and "shared with lm_head" in quant["embedding"]
     assert manifest["validation"]["kld_mean"] <= 0.004, manifest["validation"]
 
 
@@ -196,7 +221,7 @@ def test_real_int4_kld_and_size(js_int4_bundle):
     _, manifest, _ = js_int4_bundle
     assert manifest["size_mb"] <= 110, manifest["size_mb"]
     assert manifest["validation"]["kld_mean"] <= 0.05, manifest["validation"]
-    quant = manifest["target_info"]["quant"]["matmul_nbits"]  # 4-bit layers, the 8-bit rule of quant/mixed.py
+    quant = manifest["target_info"]["quant"]["matmul_weights"]  # 4-bit layers, the 8-bit rule of quant/mixed.py
     assert quant.get("int4 b32 asym offset-search") == 4 * 28 - 28 and quant.get("int8 b64 sym rtn") == 4 * 2 + 28 + 1, quant  # + the lm_head
 
 

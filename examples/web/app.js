@@ -41,7 +41,12 @@ async function load(name) {
   state.info = (await (await fetch("/models/index.json")).json()).find((b) => b.name === name);
   showFigures(state.info);
   state.tokenizer = await AutoTokenizer.from_pretrained(name);
-  state.model = await AutoModelForCausalLM.from_pretrained(name, { device: "wasm" }); // dtype from config.json
+  // dtype from config.json. disable_quant_qdq: onnxruntime-web has no fast kernel for quantized matmuls
+  // (MatMulNBits runs 10-20x slower than an fp32 MatMul in WASM), so the bundle's DequantizeLinear weights are
+  // folded into fp32 once, at load (more memory, ~4x the file's weight bytes; native ORT fuses them instead).
+  state.model = await AutoModelForCausalLM.from_pretrained(name, {
+    device: "wasm", session_options: { extra: { session: { disable_quant_qdq: "1" } } },
+  });
   state.messages = [];
   $("prompt").disabled = $("send").disabled = false;
   setStatus(`${name} loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s · ${threads} WASM thread(s)`, "ready");

@@ -1,11 +1,22 @@
-"""Rewrite a float decoder graph into MatMulNBits / GatherBlockQuantized by a small rule table.
+"""Rewrite a float decoder graph into block-quantized weights by a small rule table.
 
 `QuantPlan.rules` map weight names (regex, first match wins) to a `BlockQuant` or None (keep float),
 in the spirit of ExecuTorch's QuantRule. Every MatMul whose B is a 2-D float initializer is looked up;
 the token embedding's Gather follows `QuantPlan.embedding`. When the embedding is tied to the lm_head
-and both get the same config, the Gather reads the lm_head's quantized bytes (GatherBlockQuantized
-over a Reshape, as onnxruntime-genai's builder does): one 8-bit copy serves both, and a decode step
-gathers one quantized row instead of dequantizing the table.
+and both get the same config, the Gather reads the lm_head's quantized bytes: one 8-bit copy serves both,
+and a decode step gathers one quantized row instead of dequantizing the table.
+
+Two ways to write a quantized matmul (`QuantPlan.standard_ops`):
+* standard ops (the default): ``DequantizeLinear(codes (K, N) int4/uint4/int8, scales, zero points,
+  axis 0, block_size) -> MatMul``. Native ONNX Runtime (and so onnxruntime-genai and transformers.js on
+  Node) fuses the pair into MatMulNBits at load (accuracy level 4, the same kernel and numbers as below);
+  onnxruntime-web's WASM build has no fast MatMulNBits (10-20x slower than fp32 MatMul,
+  bench-results/wasm_matmul.json), so a browser page opens the file with ``session.disable_quant_qdq=1``
+  and ORT folds each DequantizeLinear into an fp32 weight once, at load.
+* ``MatMulNBits`` / ``GatherBlockQuantized`` contrib ops directly: for what the fusion cannot express (an
+  accuracy level other than 4), and for a tied lm_head: ORT fuses a DequantizeLinear only when its codes
+  have no other reader, and the embedding's Gather reads the head's codes (one copy of the table); an
+  unfused head would be folded to fp32 (4x the bytes per decode step).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from smolship.targets.onnx.blockquant import BlockQuant, Quantized, dequantize, quantize_offset, quantize_weight
 from smolship.exporter.calibration import Calibration
@@ -33,6 +45,7 @@ class QuantPlan:
     rules: tuple[QuantRule, ...]
     embedding: BlockQuant | None = None
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (the fast CPU kernel)
+    standard_ops: bool = True  # DequantizeLinear + MatMul (fused to MatMulNBits by native ORT); False: contrib ops
 
     def config_for(self, name: str) -> BlockQuant | None:
         for rule in self.rules:
@@ -56,7 +69,7 @@ class QuantReport:
         counts: dict[str, int] = {}
         for desc in self.matmuls.values():
             counts[desc] = counts.get(desc, 0) + 1
-        return {"matmul_nbits": counts, "embedding": self.embedding,
+        return {"matmul_weights": counts, "embedding": self.embedding,
                 "worst_weight_rel_rms": dict(sorted(self.weight_error.items(), key=lambda kv: -kv[1])[:5])}
 
 
@@ -71,6 +84,9 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
 
     graph = model.graph
     graph.opset_imports.setdefault(MS_DOMAIN, 1)
+    if plan.standard_ops:  # blocked DequantizeLinear and 4-bit types: opset 21
+        graph.opset_imports[""] = max(graph.opset_imports.get("", 21), 21)
+        model.opset_imports[""] = graph.opset_imports[""]
     tied = tied and _is_tied(graph)
     report = QuantReport()
     matmuls = [n for n in graph if n.op_type == "MatMul" and _weight(n.inputs[1]) is not None]
@@ -92,11 +108,20 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         else:
             qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
             effective = dequantize(qz)
-        names = _add_quantized(graph, w_value.name, qz, cfg)
-        new = ir.node("MatMulNBits", [a, *[graph.initializers[x] for x in names.values() if x]],
-                      attributes={"K": k, "N": n, "bits": cfg.bits, "block_size": cfg.block_size,
-                                  "accuracy_level": plan.accuracy_level},
-                      domain=MS_DOMAIN, name=node.name.replace("MatMul", "MatMulNBits") or None)
+        if plan.standard_ops and not (tied and w_value.name == "lm_head"):
+            names = _add_dequantize_inputs(graph, w_value.name, qz, cfg)
+            dq = ir.node("DequantizeLinear", [graph.initializers[x] for x in names.values() if x],  # no empty
+                         # trailing zero point: ORT's DQ -> MatMulNBits fusion then skips the node
+                         attributes={"axis": 0, "block_size": cfg.block_size}, name=f"{w_value.name}/DequantizeLinear")
+            dq.outputs[0].name = f"{w_value.name}.dequantized"
+            graph.insert_before(node, dq)
+            new = ir.node("MatMul", [a, dq.outputs[0]], name=node.name or None)
+        else:
+            names = _add_quantized(graph, w_value.name, qz, cfg)
+            new = ir.node("MatMulNBits", [a, *[graph.initializers[x] for x in names.values() if x]],
+                          attributes={"K": k, "N": n, "bits": cfg.bits, "block_size": cfg.block_size,
+                                      "accuracy_level": plan.accuracy_level},
+                          domain=MS_DOMAIN, name=node.name.replace("MatMul", "MatMulNBits") or None)
         _replace(graph, node, new)
         if not w_value.uses() and not w_value.is_graph_output():
             # free the float weight now, not at the end: at 1.7B the fp32 matrices are 6.4 GB, and
@@ -140,6 +165,33 @@ def _add_quantized(graph, base: str, qz: Quantized, cfg: BlockQuant) -> dict[str
     for key, name in names.items():
         if name:
             graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(arrays[key], name=name)))
+    return names
+
+
+def _add_dequantize_inputs(graph, base: str, qz: Quantized, cfg: BlockQuant) -> dict[str, str | None]:
+    """DequantizeLinear's inputs for W (K, N), blocks of `cfg.block_size` along K (axis 0).
+
+    Symmetric grids (MatMulNBits' implied zero point 2**(bits-1)) become signed codes with no zero-point
+    tensor; asymmetric ones unsigned codes with per-block unsigned zero points of the same width."""
+    import ml_dtypes
+    import onnx_ir as ir
+
+    n = qz.q.shape[0]
+    q = qz.q.reshape(n, -1).t()  # (K, N) unsigned codes
+    zp = qz.zp.reshape(n, -1).t()  # (K/bs, N)
+    if cfg.symmetric:
+        narrow = ml_dtypes.int4 if cfg.bits == 4 else np.int8
+        codes, zeros = (q.to(torch.int16) - 2 ** (cfg.bits - 1)).numpy().astype(narrow), None
+    else:
+        narrow = ml_dtypes.uint4 if cfg.bits == 4 else np.uint8
+        codes, zeros = q.numpy().astype(narrow), zp.round().numpy().astype(narrow)
+    arrays = {"x": codes, "x_scale": np.ascontiguousarray(qz.scales.T), "x_zero_point": zeros}
+    names = {"x": f"{base}.q{cfg.bits}", "x_scale": f"{base}.scales",
+             "x_zero_point": f"{base}.zero_points" if zeros is not None else None}
+    for key, name in names.items():
+        if name:
+            arr = np.ascontiguousarray(arrays[key])
+            graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(arr, name=name)))
     return names
 
 

@@ -85,7 +85,8 @@ class OnnxKnobs:
     int4_eight_bit: list | None = knob(None, "regexes of layer weights (fused names) kept at 8 bits in int4 "
                                                 "(default: quant/mixed.py's first/last layers and every o_proj)")
     smooth_alpha: float | None = knob(None, "SmoothQuant alpha (default: 0.5 for int8, off for int4; 0 = off)")
-    accuracy_level: int = knob(4, "MatMulNBits accuracy_level (4 = int8 activations, 0 = float)")
+    accuracy_level: int = knob(4, "MatMulNBits accuracy_level (4 = int8 activations, 0 = float; not 4: contrib ops, "
+                                  "no browser fold)")
 
 
 def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipePlan:
@@ -108,4 +109,8 @@ def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipeP
              QuantRule(r"layers\.\d+\.\w+", layers))
     # int8: activation rounding dominates its error, so smooth; int4 keeps the Q4_1 grid intact instead
     alpha = k.smooth_alpha if k.smooth_alpha is not None else (INT8_SMOOTH_ALPHA if recipe.name == "int8" else None)
-    return RecipePlan("float32", QuantPlan(rules=rules, embedding=head, accuracy_level=k.accuracy_level), alpha)
+    # DequantizeLinear + MatMul (fused to MatMulNBits at load, foldable to fp32 in the browser) unless the
+    # user asks for an accuracy level the fusion cannot express
+    standard = k.accuracy_level == 4
+    return RecipePlan("float32", QuantPlan(rules=rules, embedding=head, accuracy_level=k.accuracy_level,
+                                           standard_ops=standard), alpha)

@@ -19,10 +19,17 @@ from smolship.runner import Runner
 NP_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def session_options(threads: int | None = None, optimized_path: Path | None = None):
+# What the web page sets: fold each DequantizeLinear into an fp32 weight at load (onnxruntime-web has no fast
+# MatMulNBits) instead of fusing it into MatMulNBits (native ORT's default).
+BROWSER_FOLD = {"session.disable_quant_qdq": "1"}
+
+
+def session_options(threads: int | None = None, optimized_path: Path | None = None, config: dict | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
@@ -33,12 +40,14 @@ def session_options(threads: int | None = None, optimized_path: Path | None = No
     return so
 
 
-def make_session(model_path: Path, threads: int | None = None):
+def make_session(model_path: Path, threads: int | None = None, config: dict | None = None,
+                 optimized_path: Path | None = None):
     import onnxruntime as ort
 
     if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = int(os.environ["OMP_NUM_THREADS"])
-    return ort.InferenceSession(str(model_path), session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model_path), session_options(threads, optimized_path, config),
+                                providers=["CPUExecutionProvider"])
 
 
 class OnnxRunner(Runner):
@@ -47,10 +56,11 @@ class OnnxRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, num_layers: int, num_kv_heads: int, head_dim: int,
-                 max_seq_len: int, shared_buffer: bool, kv_dtype: str = "float32", threads: int | None = None):
+                 max_seq_len: int, shared_buffer: bool, kv_dtype: str = "float32", threads: int | None = None,
+                 session_config: dict | None = None, optimized_path: Path | None = None):
         import onnxruntime as ort
 
-        self.session = make_session(model_path, threads)
+        self.session = make_session(model_path, threads, session_config, optimized_path)
         self.max_seq_len, self.shared = max_seq_len, shared_buffer
         self.kv_dtype = NP_DTYPES[kv_dtype]
         self.layers = num_layers

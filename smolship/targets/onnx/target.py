@@ -61,7 +61,8 @@ class OnnxTarget(Target):
         if plan.quant is not None:
             report = quantize_model(onnx_model, plan.quant, calib, tied=model.config.tie_word_embeddings,
                                     progress=lambda d, f: progress(d, 0.4 + 0.5 * f))
-            info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level}
+            info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level,
+                             "layers_as": "DequantizeLinear+MatMul" if plan.quant.standard_ops else "MatMulNBits"}
             info["portable_embedding"] = portable_embedding(onnx_model) > 0  # onnxruntime-web lacks the 8-bit kernel
         info["ops"] = dict(Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in onnx_model.graph))
         progress("saving", 0.95)
@@ -73,7 +74,8 @@ class OnnxTarget(Target):
         info["transformers_js_dtype"] = tjs_dtype
         return ExportResult(files=[ONNX_DIR, "genai_config.json", "config.json"], info=info)
 
-    def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> Runner:
+    def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None, **session) -> Runner:
+        """`session`: OnnxRunner's session_config / optimized_path (e.g. runner.BROWSER_FOLD)."""
         from smolship.targets.onnx.genai_config import read_genai_config
         from smolship.targets.onnx.runner import OnnxRunner
 
@@ -81,7 +83,7 @@ class OnnxTarget(Target):
         dec = gc["model"]["decoder"]
         return OnnxRunner(Path(bundle) / dec["filename"], dec["num_hidden_layers"], dec["num_key_value_heads"],
                           dec["head_size"], gc["model"]["context_length"], gc["search"]["past_present_share_buffer"],
-                          kv_dtype=manifest.get("target_info", {}).get("dtype", "float32"), threads=threads)
+                          kv_dtype=manifest.get("target_info", {}).get("dtype", "float32"), threads=threads, **session)
 
     def runtime_versions(self) -> dict[str, str]:
         import onnx
