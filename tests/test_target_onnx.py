@@ -133,8 +133,8 @@ def test_tiny_bundles_validate_and_quantize(tiny_bundles):
     assert fp32["validation"]["max_abs_logit_diff"] < 1e-3
     int4 = tiny_bundles["int4"][1]
     ops = int4["target_info"]["ops"]
-    assert ops.get("DequantizeLinear", 0) == 4 * 2 and ops.get("com.microsoft.MatMulNBits") == 1  # layers; tied lm_head
-    assert "com.microsoft.GatherBlockQuantized" not in ops and int4["target_info"]["portable_embedding"]  # web-runnable
+    assert ops.get("DequantizeLinear", 0) == 4 * 2 + 1  # 4 per layer + lm_head: standard ops only
+    assert not [op for op in ops if op.startswith("com.microsoft.") and "Quant" in op] and int4["target_info"]["portable_embedding"]
     assert "shared with lm_head" in int4["target_info"]["quant"]["embedding"]
     # random weights give near-uniform logits (top-1 is noise there); 4-bit + int8 activations measured 0.04
     assert int4["validation"]["kld_mean"] < 0.1, int4["validation"]
@@ -155,9 +155,9 @@ def test_native_ort_fuses_the_dequantized_weights_and_a_browser_fold_agrees(tiny
         runner = get_target("onnx").load_runner(path, manifest, session_config=config,
                                                 optimized_path=tmp_path / f"{mode}.onnx")
         logits[mode] = runner.prefill(prompt)
-        ops = Counter(n.op_type for n in onnx.load(str(tmp_path / f"{mode}.onnx")).graph.node)
-        nbits = 4 * 2 + 1 if mode == "native" else 1  # 4 per layer (fused or folded) + the tied lm_head
-        assert ops["MatMulNBits"] == nbits and ops["DequantizeLinear"] == 0, (mode, ops)
+        ops = Counter(n.op_type for n in onnx.load(str(tmp_path / f"{mode}.onnx"), load_external_data=False).graph.node)
+        fused = 4 * 2 + 1 if mode == "native" else 0  # 4 per layer + the lm_head (its codes also feed the gather)
+        assert ops["MatMulNBits"] == fused and ops["DequantizeLinear"] == 0, (mode, ops)
     a, b = log_softmax(logits["native"]), log_softmax(logits["folded"])
     assert float((np.exp(a) * (a - b)).sum(-1).mean()) < 0.02
     assert (logits["native"].argmax(-1) == logits["folded"].argmax(-1)).mean() >= 0.75

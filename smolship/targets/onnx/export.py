@@ -134,19 +134,67 @@ def _scope_path(scope: str) -> str:
     return names[-1] if names else ""
 
 
-def save_model(model, folder: Path, force_external: bool = False, file_name: str = MODEL_FILE) -> list[str]:
-    """Write folder/file_name (+ file_name + "_data" when large); returns the file names written."""
+def save_model(model, folder: Path, force_external: bool = False, file_name: str = MODEL_FILE,
+               aliases: dict[str, str] | None = None) -> list[str]:
+    """Write folder/file_name (+ file_name + "_data" when large or when `aliases` share bytes); returns the
+    file names written. `aliases` (initializer -> source): stored once, the alias pointing at the source's bytes."""
     import onnx_ir as ir
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     nbytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    if nbytes > EXTERNAL_DATA_BYTES or force_external:
+    if nbytes > EXTERNAL_DATA_BYTES or force_external or aliases:
         data = file_name + "_data"
         ir.save(model, folder / file_name, external_data=data, size_threshold_bytes=1024)
+        if aliases:
+            share_external_bytes(folder / file_name, aliases)
         return [file_name, data]
     ir.save(ir.external_data.load_to_model(model), folder / file_name)  # inline weights read from another file
     return [file_name]
+
+
+def share_external_bytes(path: Path, aliases: dict[str, str], align: int = 64) -> None:
+    """Rewrite `path`'s external data so each alias initializer points at its source's bytes (written once).
+
+    ONNX Runtime fuses a DequantizeLinear into MatMulNBits only when nothing else reads its codes; the
+    tied embedding's Gather reads the same table under another name, so the file holds it once."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in proto.graph.initializer}
+    missing = [a for a, src in aliases.items() if a not in inits or src not in inits]
+    if missing:
+        raise ValueError(f"aliases without both initializers in {path.name}: {missing}")
+
+    def entries(t) -> dict[str, str]:
+        return {e.key: e.value for e in t.external_data}
+
+    locations = {entries(t)["location"] for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    if len(locations) != 1:
+        raise ValueError(f"expected one external data file for {path.name}, found {sorted(locations)}")
+    data_path = path.parent / locations.pop()
+    old = data_path.read_bytes()
+    out = bytearray()
+    for t in proto.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL or t.name in aliases:
+            continue
+        e = entries(t)
+        start, length = int(e.get("offset", 0)), int(e["length"])
+        out += b"\0" * (-len(out) % align)
+        _set_external(t, e["location"], len(out), length)
+        out += old[start:start + length]
+    for alias, src in aliases.items():
+        e = entries(inits[src])
+        _set_external(inits[alias], e["location"], int(e.get("offset", 0)), int(e["length"]))
+    data_path.write_bytes(bytes(out))
+    onnx.save(proto, str(path))
+
+
+def _set_external(tensor, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
 
 
 class _quiet_exporter:

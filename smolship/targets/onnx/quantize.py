@@ -13,10 +13,12 @@ Two ways to write a quantized matmul (`QuantPlan.standard_ops`):
   onnxruntime-web's WASM build has no fast MatMulNBits (10-20x slower than fp32 MatMul,
   bench-results/wasm_matmul.json), so a browser page opens the file with ``session.disable_quant_qdq=1``
   and ORT folds each DequantizeLinear into an fp32 weight once, at load.
+  The tied embedding gathers rows of the head's codes with standard ops. ORT fuses a DequantizeLinear only
+  when nothing else reads its codes (an unfused head is folded to fp32: 4x the bytes a decode step reads),
+  so the gather reads an alias initializer (`QuantReport.aliases`) that export.save_model points at the
+  same bytes of the external-data file: one copy on disk, two names in the graph.
 * ``MatMulNBits`` / ``GatherBlockQuantized`` contrib ops directly: for what the fusion cannot express (an
-  accuracy level other than 4), and for a tied lm_head: ORT fuses a DequantizeLinear only when its codes
-  have no other reader, and the embedding's Gather reads the head's codes (one copy of the table); an
-  unfused head would be folded to fp32 (4x the bytes per decode step).
+  accuracy level other than 4, a 4-bit tied table).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class QuantReport:
     matmuls: dict[str, str] = field(default_factory=dict)  # weight -> "int4 b32 asym mse"
     embedding: str = "float"
     weight_error: dict[str, float] = field(default_factory=dict)  # relative RMS error per weight
+    aliases: dict[str, str] = field(default_factory=dict)  # initializer -> the one whose bytes it shares
 
     def as_info(self) -> dict:
         counts: dict[str, int] = {}
@@ -108,7 +111,7 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         else:
             qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
             effective = dequantize(qz)
-        if plan.standard_ops and not (tied and w_value.name == "lm_head"):
+        if plan.standard_ops:
             names = _add_dequantize_inputs(graph, w_value.name, qz, cfg)
             dq = ir.node("DequantizeLinear", [graph.initializers[x] for x in names.values() if x],  # no empty
                          # trailing zero point: ORT's DQ -> MatMulNBits fusion then skips the node
@@ -133,7 +136,10 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         if progress:
             progress(f"quantize {w_value.name}", (i + 1) / len(matmuls))
     if plan.embedding is not None:
-        report.embedding = _quantize_embedding(graph, plan.embedding, done, tied)
+        if plan.standard_ops:
+            report.embedding = _dequantized_embedding(graph, plan.embedding, done, tied, report.aliases)
+        else:
+            report.embedding = _quantize_embedding(graph, plan.embedding, done, tied)
     _drop_unused_initializers(graph)
     return report
 
@@ -253,6 +259,65 @@ def _quantize_embedding(graph, cfg: BlockQuant, done: dict, tied: bool) -> str:
                   domain=MS_DOMAIN, name="embed_tokens/GatherBlockQuantized")
     graph.insert_before(node, reshape)
     _replace(graph, node, new)
+    return describe(cfg) + (" (shared with lm_head)" if shared else "")
+
+
+def _dequantized_embedding(graph, cfg: BlockQuant, done: dict, tied: bool, aliases: dict) -> str:
+    """Gather(embed_tokens) -> rows of symmetric codes (K, V) dequantized with standard ops.
+
+    Gather(codes, ids, axis 1) (K, B, T) -> (B, T, K/bs, bs) float * the gathered scales (B, T, K/bs, 1)
+    -> (B, T, K). Tied and quantized alike, the codes and scales are aliases of the lm_head's (same bytes)."""
+    import onnx_ir as ir
+
+    if not cfg.symmetric or cfg.bits != 8:
+        raise ValueError("a standard-ops embedding is 8-bit symmetric (4-bit tables need GatherBlockQuantized)")
+    gathers = [n for n in graph if n.op_type == "Gather" and n.inputs[0] is not None
+               and n.inputs[0].name == EMBEDDING and n.inputs[0].is_initializer()]
+    if not gathers:
+        return "float (no embedding Gather found)"
+    node = gathers[0]
+    emb = _weight(node.inputs[0])  # (V, K)
+    hidden = emb.shape[1]
+    shared = tied and "lm_head" in done and done["lm_head"][0] == cfg
+    if shared:
+        head = done["lm_head"][1]
+        names = {}
+        for key in ("x", "x_scale"):
+            alias = f"{EMBEDDING}.{head[key].split('.', 1)[1]}"  # embed_tokens.q8 / embed_tokens.scales
+            graph.register_initializer(ir.Value(name=alias, const_value=graph.initializers[head[key]].const_value))
+            aliases[alias] = head[key]
+            names[key] = alias
+    else:
+        names = _add_dequantize_inputs(graph, EMBEDDING, quantize_weight(emb.T, cfg), cfg)
+
+    def const(suffix: str, array: np.ndarray):
+        v = ir.Value(name=f"{EMBEDDING}.{suffix}", const_value=ir.tensor(array, name=f"{EMBEDDING}.{suffix}"))
+        graph.register_initializer(v)
+        return v
+
+    ids = node.inputs[1]
+    codes = ir.node("Gather", [graph.initializers[names["x"]], ids], attributes={"axis": 1}, name="embed_tokens/codes")
+    code_rows = ir.node("Transpose", [codes.outputs[0]], attributes={"perm": [1, 2, 0]}, name="embed_tokens/code_rows")
+    as_float = ir.node("Cast", [code_rows.outputs[0]], attributes={"to": ir.DataType.FLOAT}, name="embed_tokens/cast")
+    blocks = ir.node("Reshape", [as_float.outputs[0], const("blocks_shape", np.array([0, 0, -1, cfg.block_size],
+                                                                                    dtype=np.int64))],
+                     name="embed_tokens/blocks")  # (B, T, K/bs, bs)
+    scale_cols = ir.node("Gather", [graph.initializers[names["x_scale"]], ids], attributes={"axis": 1},
+                         name="embed_tokens/scale_cols")  # (K/bs, B, T)
+    scale_rows = ir.node("Transpose", [scale_cols.outputs[0]], attributes={"perm": [1, 2, 0]},
+                         name="embed_tokens/scale_rows")
+    scales = ir.node("Unsqueeze", [scale_rows.outputs[0], const("scale_axis", np.array([-1], dtype=np.int64))],
+                     name="embed_tokens/scale_unsqueeze")
+    scaled = ir.node("Mul", [blocks.outputs[0], scales.outputs[0]], name="embed_tokens/scale")
+    out = ir.node("Reshape", [scaled.outputs[0], const("rows_shape", np.array([0, 0, hidden], dtype=np.int64))],
+                  name="embed_tokens/rows")  # (B, T, K)
+    for n in (codes, code_rows, as_float, blocks, scale_cols, scale_rows, scales, scaled, out):
+        graph.insert_before(node, n)
+    old = node.outputs[0]
+    old_name = old.name
+    old.replace_all_uses_with(out.outputs[0])
+    graph.remove(node, safe=True)
+    out.outputs[0].name = old_name
     return describe(cfg) + (" (shared with lm_head)" if shared else "")
 
 

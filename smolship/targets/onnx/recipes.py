@@ -110,7 +110,7 @@ def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipeP
     # int8: activation rounding dominates its error, so smooth; int4 keeps the Q4_1 grid intact instead
     alpha = k.smooth_alpha if k.smooth_alpha is not None else (INT8_SMOOTH_ALPHA if recipe.name == "int8" else None)
     # DequantizeLinear + MatMul (fused to MatMulNBits at load, foldable to fp32 in the browser) unless the
-    # user asks for an accuracy level the fusion cannot express
-    standard = k.accuracy_level == 4
+    # user asks for what the fusion cannot express: another accuracy level, or a 4-bit tied table
+    standard = k.accuracy_level == 4 and (head is None or (head.bits == 8 and head.symmetric))
     return RecipePlan("float32", QuantPlan(rules=rules, embedding=head, accuracy_level=k.accuracy_level,
                                            standard_ops=standard), alpha)

@@ -63,11 +63,13 @@ class OnnxTarget(Target):
                                     progress=lambda d, f: progress(d, 0.4 + 0.5 * f))
             info["quant"] = {**report.as_info(), "accuracy_level": plan.quant.accuracy_level,
                              "layers_as": "DequantizeLinear+MatMul" if plan.quant.standard_ops else "MatMulNBits"}
-            info["portable_embedding"] = portable_embedding(onnx_model) > 0  # onnxruntime-web lacks the 8-bit kernel
+            # onnxruntime-web has no 8-bit GatherBlockQuantized: the embedding is standard ops either way
+            info["portable_embedding"] = plan.quant.standard_ops or portable_embedding(onnx_model) > 0
         info["ops"] = dict(Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in onnx_model.graph))
         progress("saving", 0.95)
         tjs_dtype, file_name = ONNX_FILES[recipe.name]
-        written = save_model(onnx_model, Path(out_dir) / ONNX_DIR, file_name=file_name)
+        written = save_model(onnx_model, Path(out_dir) / ONNX_DIR, file_name=file_name,
+                             aliases=report.aliases if plan.quant is not None else None)
         model_file = f"{ONNX_DIR}/{file_name}"
         write_genai_config(out_dir, genai_config(model, model_file, options.max_seq_len, graph == "fused"))
         write_hf_config(out_dir, transformers_js_config(model, tjs_dtype, model_file, len(written) > 1))
