@@ -146,6 +146,14 @@ def _onnx(m: dict, fmt: ChatFormat | None) -> list[str]:
         "  of `genai_config.json` (the stop ids above).",
         "",
         "onnxruntime-genai has no Android package on Maven Central: the sample vendors an `.aar` from its releases.",
+        "",
+        "### transformers.js (browser, Node)", "",
+        "Serve this folder as is; `config.json` names the dtype, so `AutoModelForCausalLM.from_pretrained(folder)`",
+        "picks the model file. In a browser pass",
+        "`session_options: { extra: { session: { disable_quant_qdq: \"1\" } } }`: the quantized weights are",
+        "`DequantizeLinear -> MatMul` pairs, which onnxruntime-web then folds into fp32 once at load (its int4/int8",
+        "matmul kernels are 10-20x slower in WASM); native ONNX Runtime (Node, genai) fuses them by itself.",
+        "`examples/web` in the smolship repository is a complete page.",
     ]
 
 

@@ -1,7 +1,8 @@
 """The ONNX recipes as data: float dtype of the exported graph, and the quantization plan applied after.
 
 int8 and int4 both run every matrix through MatMulNBits with int8 activations (accuracy level 4, the
-only fast CPU kernel: 8-bit weights with float activations run ~40x slower); int8 activation rounding
+only fast CPU kernel: 8-bit weights with float activations run ~40x slower), stored as DequantizeLinear ->
+MatMul pairs that native ONNX Runtime fuses into it at load and a browser folds into fp32 (quantize.py); int8 activation rounding
 alone costs kld_mean ~0.0035 on the default model, so int8 folds SmoothQuant scales into the RMSNorm
 weights of the norm-fed matrices; the token embedding and the tied lm_head share one 8-bit symmetric block-32 tensor
 (the default model's embedding is Q8_0, which that grid reproduces exactly). Layer weights use
