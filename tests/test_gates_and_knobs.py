@@ -46,6 +46,18 @@ def test_unknown_or_ill_typed_knob_fails_before_export(tiny_model, tmp_path):
         assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_an_invalid_rule_regex_fails_before_export(tiny_model, tmp_path):
+    from smolship.export import export_bundle
+    from smolship.targets import ExportOptions, get_target
+
+    for target, recipe, extra in [("onnx", "int4", {"int4_eight_bit": ["layers\\.(0"]}),
+                                  ("executorch", "8da4w", {"rules": [["layers\\.(0", "fp32"]]})]:
+        with pytest.raises(SmolshipError) as err:
+            export_bundle(tiny_model, target, get_target(target).recipes[recipe], tmp_path, ExportOptions(extra=extra))
+        assert "invalid regular expression" in err.value.problem and "layers\\.(0" in err.value.problem
+        assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_knobs_parse_to_typed_values():
     from smolship.targets.knobs import describe, parse
     from smolship.targets.onnx.recipes import OnnxKnobs

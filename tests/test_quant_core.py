@@ -174,3 +174,61 @@ def test_every_layer_weight_has_its_statistic(tiny_model):
         assert stats_key(p) in stats.importance, p
         assert stats.importance[stats_key(p)].shape[0] == tiny_model.state_dict[p].shape[1], p  # its input width
     assert stats_key("lm_head.weight") == "lm_head" and stats_key("embed_tokens.weight") is None
+
+
+def test_first_match_fullmatches_and_the_first_rule_wins():
+    from smolship.quant.rules import bad_patterns, first_match
+
+    rules = [("lm_head", "head"), (r"layers\.0\.\w+", "eight"), (r"layers\.\d+\.o_proj", None), (r".*", "four")]
+    assert first_match(rules, "lm_head") == "head"
+    assert first_match(rules, "lm_head_2") == "four"  # fullmatch: "lm_head" does not claim a longer name
+    assert first_match(rules, "layers.0.o_proj") == "eight"  # first wins over the o_proj rule
+    assert first_match(rules, "layers.3.o_proj") is None  # a rule may keep a weight float
+    assert first_match(rules[:1], "embed", default="float") == "float"
+    with pytest.raises(KeyError):
+        first_match(rules[:1], "embed")
+    assert bad_patterns([("ok", 1), ("(unclosed", 2)]) == ["'(unclosed' (missing ), unterminated subpattern at position 0)"]
+
+
+def _target_lookup(target: str):
+    """(rules [(regex, tag)] -> name -> tag) through each target's own plan type."""
+    if target == "onnx":
+        from smolship.targets.onnx.blockquant import BlockQuant
+        from smolship.targets.onnx.quantize import QuantPlan, QuantRule
+
+        cfgs = {}
+
+        def lookup(rules, name):
+            plan = QuantPlan(rules=tuple(QuantRule(p, cfgs.setdefault(t, BlockQuant(4, 16 * (i + 1))))
+                                         for i, (p, t) in enumerate(rules)))
+            found = plan.config_for(name)
+            return next((t for t, c in cfgs.items() if c == found), None)
+        return lookup
+    if target == "executorch":
+        from dataclasses import replace
+
+        from smolship.targets.executorch import quantize as Q
+
+        def lookup(rules, name):
+            plan = Q.QuantPlan(rules=tuple((p, replace(Q.W8DA4, name=t)) for p, t in rules))
+            found = plan.scheme_for(name)
+            return found.name if found else None
+        return lookup
+    coreml = pytest.importorskip("smolship.targets.coreml.compress")
+
+    def lookup(rules, name):
+        plan = coreml.Plan(None, None, tuple((p, coreml.Affine(4, 16 * (i + 1))) for i, (p, _) in enumerate(rules)))
+        found = plan.scheme_for(name, "linear")
+        return None if found is None else rules[found.block // 16 - 1][1]
+    return lookup
+
+
+@pytest.mark.parametrize("target", ["onnx", "executorch", "coreml"])
+def test_every_target_reads_rule_tables_the_same_way(target):
+    """One matching rule (quant/rules.first_match) behind each target's plan type: fullmatch, first wins."""
+    lookup = _target_lookup(target)
+    rules = [("lm_head", "head"), (r"layers\.0\.\w+", "eight"), (r"layers\.\d+\.\w+", "four")]
+    assert lookup(rules, "lm_head") == "head"
+    assert lookup(rules, "layers.0.o_proj") == "eight"
+    assert lookup(rules, "layers.7.o_proj") == "four"
+    assert lookup(rules, "lm_head.weight") is None  # no partial matches

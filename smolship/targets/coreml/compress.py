@@ -24,7 +24,6 @@ Three storage schemes, all iOS18 constexpr ops that Core ML dequantizes on devic
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from coremltools.converters.mil.mil.types.type_int import np_uint4_dtype
 from coremltools.models.utils import _apply_graph_pass
 
 from smolship.errors import SmolshipError
+from smolship.quant.rules import first_match
 from smolship.targets.base import Progress, no_progress
 from smolship.targets.coreml.naming import EMBEDDING, LINEAR, compressible
 
@@ -79,10 +79,7 @@ class Plan:
     rules: tuple[tuple[str, Scheme], ...] = ()
 
     def scheme_for(self, param: str, cls: str) -> Scheme:
-        for pattern, scheme in self.rules:
-            if re.fullmatch(pattern, param):
-                return scheme
-        return {LINEAR: self.linear, EMBEDDING: self.embedding}[cls]
+        return first_match(self.rules, param, {LINEAR: self.linear, EMBEDDING: self.embedding}[cls])
 
     def without_embedding(self) -> Plan:
         return Plan(self.linear, None, self.rules)
@@ -101,10 +98,7 @@ class Plan:
 
 def described_scheme(plan_info: dict, param: str, cls: str) -> str | None:
     """The scheme text a recorded plan (Plan.describe) gives `param`."""
-    for pattern, text in plan_info.get("rules", []):
-        if re.fullmatch(pattern, param):
-            return text
-    return plan_info.get(cls)
+    return first_match(plan_info.get("rules", []), param, plan_info.get(cls))
 
 
 # What a rule upgrades a sensitive layer weight to: uint8 blocks of 32 with fp16 offsets. 255 levels over a Q4_1

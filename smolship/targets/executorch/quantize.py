@@ -24,13 +24,13 @@ Q4_1 grid almost exactly (the only loss is ``s`` rounded to bf16, which XNNPACK 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
 from smolship.quant.gptq import gptq
+from smolship.quant.rules import first_match
 from smolship.quant.grids import Grid, affine_minmax, affine_search, blocks_of, round_bf16, symmetric_search
 
 BF16_EPS = 2.0 ** -8
@@ -112,10 +112,7 @@ class QuantPlan:
         return any(s is not None and s.reads_statistics for _, s in self.rules)
 
     def scheme_for(self, name: str) -> LinearScheme | None:
-        for pattern, scheme in self.rules:
-            if re.fullmatch(pattern, name):
-                return scheme
-        return None
+        return first_match(self.rules, name, None)
 
     def describe(self) -> dict:
         return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from smolship.errors import SmolshipError
+from smolship.quant.rules import bad_patterns
 from smolship.targets.base import ExportOptions, Precision, Recipe
 from smolship.targets.executorch import quantize as Q
 from smolship.targets.knobs import knob, parse
@@ -97,6 +98,9 @@ def plan_for(recipe: Recipe, options: ExportOptions) -> Q.QuantPlan:
         rules = [(p, replace(s, group_size=k.group_size) if s and s.bits == 4 else s) for p, s in rules]
     if k.embedding_bits is not None and embedding is not None:
         embedding = Q.EMB8 if k.embedding_bits == 8 else Q.EMB4
+    if bad := bad_patterns(k.rules):
+        raise SmolshipError(f"executorch rules: invalid regular expression {', '.join(bad)}.",
+                            "Pass [[regex, scheme], ...] with regexes that fullmatch linear names, e.g. 'layers\\.0\\..*'.")
     user = [(p, scheme_named(s)) for p, s in k.rules]
     if k.lm_head is not None:
         user.append(("lm_head", scheme_named(k.lm_head)))

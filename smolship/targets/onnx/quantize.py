@@ -23,7 +23,6 @@ Two ways to write a quantized matmul (`QuantPlan.standard_ops`):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 from smolship.targets.onnx.blockquant import BlockQuant, Quantized, dequantize, quantize_offset, quantize_weight
 from smolship.exporter.calibration import Calibration
+from smolship.quant.rules import first_match
 
 MS_DOMAIN = "com.microsoft"
 EMBEDDING = "embed_tokens"
@@ -50,10 +50,7 @@ class QuantPlan:
     standard_ops: bool = True  # DequantizeLinear + MatMul (fused to MatMulNBits by native ORT); False: contrib ops
 
     def config_for(self, name: str) -> BlockQuant | None:
-        for rule in self.rules:
-            if re.fullmatch(rule.pattern, name):
-                return rule.config
-        return None
+        return first_match(((r.pattern, r.config) for r in self.rules), name, None)
 
     def needs_calibration(self) -> tuple[bool, bool]:
         """(importance, hessian) needed by any rule."""

@@ -44,7 +44,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from smolship.errors import SmolshipError
 from smolship.quant.mixed import eight_bit_patterns
+from smolship.quant.rules import bad_patterns
 from smolship.targets.base import ExportOptions, Precision, Recipe
 from smolship.targets.knobs import knob, parse
 from smolship.targets.onnx.blockquant import BlockQuant
@@ -105,6 +107,9 @@ def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipeP
     else:
         layers = BlockQuant(bits=4, block_size=32, symmetric=k.int4_symmetric, method=k.int4_method)
         eight_bit = tuple(eight_bit_patterns(num_layers, "fused") if k.int4_eight_bit is None else k.int4_eight_bit)
+        if bad := bad_patterns((p, None) for p in eight_bit):
+            raise SmolshipError(f"onnx int4_eight_bit: invalid regular expression {', '.join(bad)}.",
+                                "Pass regexes that fullmatch fused weight names, e.g. 'layers\\.0\\..*'.")
     rules = (QuantRule(r"lm_head", head),
              *(QuantRule(p, INT4_EIGHT_BIT_LAYERS) for p in eight_bit),
              QuantRule(r"layers\.\d+\.\w+", layers))
