@@ -115,5 +115,8 @@ def test_four_bit_default_holds_off_the_grid(target, offgrid_model, offgrid_vali
     par = v if "kld_mean" in v else v["weight_parity"]
     assert manifest["size_mb"] <= 110, manifest["size_mb"]
     assert par["kld_mean"] <= bound, par
+    if target == "onnx":  # off the grid, quant/mixed.py's rule holds: first/last layers and every o_proj at 8 bits
+        quant = manifest["target_info"]["quant"]["matmul_weights"]
+        assert quant.get("int8 b64 sym rtn") == 4 * 2 + 28 + 1 and quant.get("int4 b32 asym offset-search") == 4 * 28 - 28, quant
     calibration = manifest["target_info"]["calibration"]  # held-out text, recorded
     assert "held-out" in calibration["text"] and calibration["tokens"] > 0

@@ -221,8 +221,10 @@ def test_real_int4_kld_and_size(js_int4_bundle):
     _, manifest, _ = js_int4_bundle
     assert manifest["size_mb"] <= 110, manifest["size_mb"]
     assert manifest["validation"]["kld_mean"] <= 0.05, manifest["validation"]
-    quant = manifest["target_info"]["quant"]["matmul_weights"]  # 4-bit layers, the 8-bit rule of quant/mixed.py
-    assert quant.get("int4 b32 asym offset-search") == 4 * 28 - 28 and quant.get("int8 b64 sym rtn") == 4 * 2 + 28 + 1, quant  # + the lm_head
+    quant = manifest["target_info"]["quant"]["matmul_weights"]
+    # quant/mixed.py's 8-bit rule gives way where 8 bits would not lower the error: this model's Q4_1 layers all
+    # keep the 4-bit offset grid (test_offgrid checks the rule off the grid); the lm_head stays 8-bit
+    assert quant.get("int4 b32 asym offset-search") == 4 * 30 and quant.get("int8 b64 sym rtn") == 1, quant
 
 
 @pytest.mark.slow

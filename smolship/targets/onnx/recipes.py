@@ -119,4 +119,6 @@ def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipeP
     # user asks for what the fusion cannot express: another accuracy level, or a 4-bit tied table
     standard = k.accuracy_level == 4 and (head is None or (head.bits == 8 and head.symmetric))
     return RecipePlan("float32", QuantPlan(rules=rules, embedding=head, accuracy_level=k.accuracy_level,
-                                           standard_ops=standard), alpha)
+                                           standard_ops=standard,
+                                           narrower=layers if recipe.name == "int4" and layers.offsets else None),
+                      alpha)
