@@ -93,6 +93,9 @@ def importance_blocks(importance: Tensor | None, bs: int, like: Tensor) -> Tenso
     return importance.float().reshape(1, -1, bs)
 
 
+SEARCH_CHUNK = 1 << 19  # weights per slice of rows: ~2 MB of fp32 stays in cache across a candidate's passes
+
+
 def affine_search(blocks: Tensor, bits: int, importance: Tensor | None = None, integer_zero: bool = False,
                   shrinks=SHRINKS, refit: bool = True) -> Grid:
     """Per block, the affine grid with the least importance-weighted squared error.
@@ -100,7 +103,26 @@ def affine_search(blocks: Tensor, bits: int, importance: Tensor | None = None, i
     integer_zero (the ONNX ``mse`` grid): shrink [min, max] toward 0 and try the integer zero points
     either side of the exact one. Float zero: shrink the range about its centre, then (refit) solve the
     weighted least-squares scale and offset for the codes it gave and re-round once (llama.cpp's
-    make_qkx2 idea); the best candidate per block wins."""
+    make_qkx2 idea); the best candidate per block wins.
+
+    Rows are searched in slices of SEARCH_CHUNK weights on one thread: each block's choice is its own, so the
+    result is the same, and the passes over a cache-sized slice beat whole-matrix passes on two threads
+    (7M weights: 0.35 s vs 1.1-4.4 s on this 2-core machine under load, bit-identical grids)."""
+    rows = max(1, SEARCH_CHUNK // max(1, blocks[0].numel()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        parts = [_affine_search(blocks[i:i + rows], bits, importance, integer_zero, shrinks, refit)
+                 for i in range(0, blocks.shape[0], rows)]
+    finally:
+        torch.set_num_threads(threads)
+    if len(parts) == 1:
+        return parts[0]
+    return Grid(torch.cat([g.scale for g in parts]), torch.cat([g.zero for g in parts]), parts[0].qmin, parts[0].qmax)
+
+
+def _affine_search(blocks: Tensor, bits: int, importance: Tensor | None, integer_zero: bool, shrinks,
+                   refit: bool) -> Grid:
     weight = importance_blocks(importance, blocks.shape[-1], blocks)
     levels = 2 ** bits - 1
     best = best_err = None
