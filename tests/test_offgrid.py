@@ -94,13 +94,8 @@ def offgrid_validator(offgrid_model):
     return Validator(offgrid_model, quick_settings(1024))
 
 
-# ExecuTorch's off-grid export (~10 min of lowering) is measured by benchmarks/offgrid_matrix.py, not in CI: with
-# it the suite would pass ~80 of CI's 90 minutes (the same call as the real int8 test in test_target_executorch.py).
-IN_CI = ("coreml", "onnx")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("target", IN_CI)
+@pytest.mark.parametrize("target", sorted(OFFGRID_BOUNDS))
 def test_four_bit_default_holds_off_the_grid(target, offgrid_model, offgrid_validator, tmp_path):
     from smolship.export import export_bundle
     from smolship.targets import ExportOptions, available_targets, get_target

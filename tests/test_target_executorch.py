@@ -271,17 +271,10 @@ def test_missing_program_is_a_user_error(tmp_path, target):
 
 # ------------------------------------------------------------------ real SmolLM2-135M (slow)
 
-@pytest.mark.slow
-def test_real_135m_fp32_parity_and_greedy(default_model, default_validator, tmp_path, target):
-    opts = ExportOptions(max_seq_len=512)
-    path, manifest = export_bundle(default_model, "executorch", target.recipes["fp32"], tmp_path, opts,
-                                   validator=default_validator)
-    assert manifest["validation"]["max_abs_logit_diff"] <= 1e-3, manifest["validation"]
-    runner = target.load_runner(path, manifest)
-    reference = ReferenceRunner.from_source(default_model, max_seq_len=512)
-    prompt = default_model.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
-    assert list(generate(runner, prompt, 64)) == list(generate(reference, prompt, 64))
-    runner.close()
+# The real 135M's fp32 program is not exported here: its ops (custom SDPA, update_cache, the decode loop) are the
+# quantized programs' ops, which the real 8da4w / 8da8w tests below and test_offgrid.py run at full size, and
+# the tiny fp32 tests above check them against the reference token by token. Its export went to make room in
+# CI's budget for ExecuTorch's off-grid test (issue 19).
 
 
 @pytest.mark.slow

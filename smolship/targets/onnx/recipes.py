@@ -34,10 +34,13 @@ Which matrices get the 8 bits is the shared rule in quant/mixed.py, read off ben
 default model the rule's 8-bit symmetric blocks re-round Q4_1 blocks that the 4-bit offset grid holds better
 (relative RMS error 0.006-0.007 vs 0.0055), so a rule weight keeps 4 bits where they are no worse
 (`QuantPlan.narrower`): default model 103.1 MB, kld 0.0049 (the rule everywhere: 109.4 MB, 0.0064).
-In ONNX Runtime (benchmarks/onnx_anchor.py --model offgrid:..., 2,048 tokens, bench-results/onnx_anchor_offgrid.json):
-the default is 109.5 MB, kld 0.072, top-1 0.850 (before: 103.1 MB, 0.285, 0.708; the genai builder's int4:
-86.5 MB, 0.478, 0.609), decoding at the same speed as before (36.7 vs 37.0 tokens per CPU-second, one thread)
-and 0.82x the builder's (45.0): our 8-bit head and the offset blocks' extra rows cost that.
+In ONNX Runtime (benchmarks/onnx_anchor.py --model offgrid:..., 2,048 tokens, bench-results/onnx_anchor_offgrid.json,
+2026-12-02, a quiet 2-core machine): the default is 109.4 MB, kld 0.072, top-1 0.852 (before: 103.1 MB, 0.284,
+0.712; the genai builder's int4: 86.5 MB, 0.478, 0.611), decoding at 125 / 169 tok/s on 1 / 2 threads (before:
+124 / 180; the builder: 167 / 235, so 0.75x / 0.72x). The speed gap is the offset blocks: their block sums
+(a MatMul + Concat before each matmul: 11% of ORT's kernel time) and extra rows; the head's bits do not
+matter (a 4-bit head decodes at the same speed). Integer zero points would run at the builder's speed but
+cost kld 0.24 off the grid, and the default model's Q4_1 blocks need float zero points: the front picks fidelity.
 MatMulNBits has nothing between 4 and 8 bits, and its fp32 scales cost a bit per weight at blocks of 32,
 so the issue's goal (0.035, our GGUF q4_k_m, mostly 5.5-bit Q5_0 on 576-wide rows) is out of reach at
 110 MB; the measured front is in the closing note of issue 19. ``int4_eight_bit`` (regexes) moves the
