@@ -47,6 +47,10 @@ RECIPES = {
 #   + the rule, lm_head 4-bit (searched) to pay      ~104.3 MB       0.148  (the head costs what the rule buys)
 #   lm_head 4-bit alone                              ~97.7 MB        0.184
 # so the default stays; `rules` / `lm_head` knobs reach the other points.
+# Speed, in executorch.runtime beside optimum-executorch's 8da4w program in the same run (benchmarks/
+# executorch_anchor.py, 2,048 tokens, 2026-12-02): default model 174 / 214 tok/s on 1 / 2 threads against 197 / 239
+# (0.88x / 0.90x) at kld 0.032 against 0.49; off the grid 183 / 220 against 198 / 247 (0.92x / 0.89x) at kld 0.133
+# against 0.63. The block offsets' side linear costs the speed and holds the fidelity.
 # In executorch.runtime (benchmarks/offgrid_matrix.py, 2,048 tokens): off-grid 109.2 MB, kld 0.134, top-1 0.79.
 PLANS = {
     "fp32": Q.QuantPlan(),
