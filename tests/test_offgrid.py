@@ -77,12 +77,15 @@ def test_offgrid_folder_loads_in_transformers_and_answers_paris(offgrid_model):
 # --- slow: the 4-bit bounds each target holds off the grid (figures: bench-results/offgrid_matrix.json) ----
 # Each target's 4-bit-class default recipe, exported from the off-grid model and validated in its own runtime
 # (Core ML on Linux: weights read back out of the package) on 1,024 eval tokens against the same folder's fp32.
-# Bounds: the figure measured by benchmarks/offgrid_matrix.py (2,048 tokens) + ~40% for the shorter eval; the
+# Bounds: the figure measured by benchmarks/offgrid_matrix.py (2,048 tokens; GGUF: smolship export) + ~40%; the
 # issue's goal (0.035, our GGUF q4_k_m) is not reached by these kernels at 110 MB (recipes.py of each target).
 OFFGRID_BOUNDS = {  # target: (recipe, kld_mean bound, measured at 2,048 tokens in bench-results/offgrid_matrix.json)
     "onnx": ("int4", 0.10, 0.0724),
     "coreml": ("w4", 0.105, 0.0749),
     "executorch": ("8da4w", 0.19, 0.1339),
+    # q4_k_m with its importance matrix on held-out text: 0.0441 on 4,096 tokens (smolship export, 2026-12-02);
+    # the 0.035 was measured when the imatrix still read the scored text
+    "gguf": ("q4_k_m", 0.062, 0.0441),
 }
 
 
@@ -113,5 +116,6 @@ def test_four_bit_default_holds_off_the_grid(target, offgrid_model, offgrid_vali
     if target == "onnx":  # off the grid, quant/mixed.py's rule holds: first/last layers and every o_proj at 8 bits
         quant = manifest["target_info"]["quant"]["matmul_weights"]
         assert quant.get("int8 b64 sym rtn") == 4 * 2 + 28 + 1 and quant.get("int4 b32 asym offset-search") == 4 * 28 - 28, quant
-    calibration = manifest["target_info"]["calibration"]  # held-out text, recorded
+    info = manifest["target_info"]  # calibration: held-out text, recorded (GGUF: its importance matrix's)
+    calibration = info.get("calibration") or {"text": info["imatrix"]["dataset"], "tokens": info["imatrix"]["tokens"]}
     assert "held-out" in calibration["text"] and calibration["tokens"] > 0
