@@ -64,7 +64,7 @@ RECIPES: dict[str, Recipe] = {
     "fp16": Recipe("fp16", Precision.FP16, "float16 weights, activations and KV cache (mobile GPU / NPU execution providers)"),
     "int8": Recipe("int8", Precision.INT8, "MatMulNBits 8-bit block-32 weights, int8 activations; 8-bit embedding shared with lm_head"),
     "int4": Recipe("int4", Precision.INT4, "MatMulNBits 4-bit block-32 float-zero weights (importance-searched), first/last layers and o_proj "
-                   "at 8 bits, int8 activations; 8-bit embedding shared with lm_head"),
+                   "at 8 bits where that lowers their error, int8 activations; 8-bit embedding shared with lm_head"),
 }
 DEFAULT_RECIPES = ("int8", "int4")
 
