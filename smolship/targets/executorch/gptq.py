@@ -1,10 +1,10 @@
-"""GPTQ for ExecuTorch's per-channel int8 weights and the Hessians it needs, on the shared core
-(smolship/quant: one GPTQ loop taking the grid as a function, one statistics collector).
+"""GPTQ for ExecuTorch's per-channel int8 weights, on the shared core (smolship/quant: one GPTQ loop
+taking the grid as a function).
 
 Why here: the default model's weights sit on a 4-bit grid with one scale per block of 32, and a
 single int8 scale per output row cannot land on that grid; round-to-nearest int8 on every linear
 costs ~0.004 KL on its own (measured), GPTQ cuts the output error that rounding causes. The
-Hessians come from one fp32 forward over calibration text (`collect_hessians`).
+Hessians come from one fp32 forward over calibration text (quant.stats.collect, in quantize.apply_plan).
 """
 
 from __future__ import annotations
@@ -13,13 +13,6 @@ import torch
 from torch import Tensor
 
 from smolship.quant.gptq import gptq
-from smolship.quant.stats import collect
-
-
-def collect_hessians(model, batches: list[list[int]], names: set[str]) -> dict[str, Tensor]:
-    """H = X^T X / N over the inputs of the named nn.Linear modules, from `model`'s forward
-    (an exporter.model.Llama in BUFFERS mode) over each token list in `batches`."""
-    return collect(model, batches, {n: n for n in names}, hessian_keys=names).hessian
 
 
 @torch.no_grad()

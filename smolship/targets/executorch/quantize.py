@@ -280,11 +280,11 @@ def apply_all(linears, x: Tensor) -> list[Tensor]:
     return out
 
 
-def _block_offset_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> BlockOffsetLinear:
+def _block_offset_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None,
+                         importance: Tensor | None = None) -> BlockOffsetLinear:
     g = scheme.block
     main = _empty_linear(w.shape[1], w.shape[0])
     if scheme.bits == 4:
-        importance = None if hessian is None else torch.diagonal(hessian).clone()  # diag(X^T X / n) = mean x^2
         q, s, c = asymmetric_int4_as_symmetric(w, g, importance, hessian if scheme.gptq else None,
                                                search=scheme.grid_search)
         main.weight = nn.Parameter(intx_weight(q, s, 4, g, scheme.dynamic_activations), requires_grad=False)
@@ -309,11 +309,12 @@ class ResidualLinear(nn.Module):
         return self.main(x) + self.residual(x)
 
 
-def quantize_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None) -> nn.Module:
-    """`hessian` (X^T X / n) feeds GPTQ, and its diagonal weights the 4-bit grid search."""
+def quantize_linear(w: Tensor, scheme: LinearScheme, hessian: Tensor | None = None,
+                    importance: Tensor | None = None) -> nn.Module:
+    """`hessian` (X^T X / n) feeds GPTQ; `importance` (mean x^2 per input channel) weights the 4-bit grid search."""
     w = w.detach().float()
     if scheme.block_offsets:
-        return _block_offset_linear(w, scheme, hessian)
+        return _block_offset_linear(w, scheme, hessian, importance)
     main = _quantized_linear(w, scheme, hessian)
     if not scheme.residual:
         return main
@@ -356,11 +357,15 @@ def apply_plan(model, plan: QuantPlan, calibration: list[list[int]] | None = Non
     to nearest."""
     counts: dict[str, int] = {}
     hessians: dict[str, Tensor] = {}
+    importance: dict[str, Tensor] = {}
     readers = {n for n in linear_names(model) if (s := plan.scheme_for(n)) is not None and s.reads_statistics}
     if calibration and readers:
-        from smolship.targets.executorch.gptq import collect_hessians
+        from smolship.quant.stats import collect
 
-        hessians = collect_hessians(model, calibration, readers)
+        # one pass: every reader's importance (the grid search), Hessians only where GPTQ runs
+        stats = collect(model, calibration, {n: n for n in readers},
+                        hessian_keys={n for n in readers if plan.scheme_for(n).gptq})
+        hessians, importance = stats.hessian, stats.importance
     if model.cfg.tie_word_embeddings and (plan.embedding is not None or plan.scheme_for("lm_head")):
         # The embedding lookup and the lm_head matmul run on different kernels with different
         # layouts, so each gets its own copy of the tied matrix.
@@ -373,7 +378,8 @@ def apply_plan(model, plan: QuantPlan, calibration: list[list[int]] | None = Non
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, quantize_linear(getattr(parent, child).weight, scheme, hessians.get(name)))
+        setattr(parent, child, quantize_linear(getattr(parent, child).weight, scheme, hessians.get(name),
+                                               importance.get(name)))
     if plan.embedding is not None:
         quantize_embedding(model.embed_tokens, plan.embedding)
     return {"linears": counts, "embedding_bits": plan.embedding.bits if plan.embedding else 32,
