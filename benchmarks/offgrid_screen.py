@@ -80,7 +80,7 @@ def onnx_effective(source, spec: str, calib, only: str | None = None) -> tuple[d
     """State dict with every layer matrix replaced by what MatMulNBits computes; layer-weight MB estimate.
 
     `only`: a regex on fused names; the layers it misses stay float (sensitivity of one matrix)."""
-    from smolship.targets.onnx.blockquant import dequantize, quantize_offset, quantize_weight
+    from smolship.targets.onnx.blockquant import dequantize, quantize_matrix, quantize_weight
     four, eight_cfg, eight, emb_cfg = parse_onnx(spec)
     sd = dict(source.state_dict)
     mb = 0.0
@@ -94,15 +94,8 @@ def onnx_effective(source, spec: str, calib, only: str | None = None) -> tuple[d
         imp = calib.importance.get(fused) if calib else None
         hes = calib.hessian.get(fused) if calib else None
         wt = w.t().numpy()  # (K, N)
-        if cfg.offsets:
-            qz, p = quantize_offset(wt, cfg, importance=imp, hessian=hes)
-            d = dequantize(qz)
-            eff = d[:wt.shape[0]] + p @ d[wt.shape[0]:]
-            mb += (qz.packed.nbytes + qz.scales.nbytes + qz.zero_points.nbytes) / 1e6
-        else:
-            qz = quantize_weight(wt, cfg, importance=imp, hessian=hes)
-            eff = dequantize(qz)
-            mb += (qz.packed.nbytes + qz.scales.nbytes + (qz.zero_points.nbytes if qz.zero_points is not None else 0)) / 1e6
+        qz, _, eff = quantize_matrix(wt, cfg, imp, hes)
+        mb += (qz.packed.nbytes + qz.scales.nbytes + (qz.zero_points.nbytes if qz.zero_points is not None else 0)) / 1e6
         sd[name] = torch.from_numpy(np.ascontiguousarray(eff.T))
     emb = source.state_dict["embed_tokens.weight"]
     qe = quantize_weight(emb.t().numpy(), emb_cfg)

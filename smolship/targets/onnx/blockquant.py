@@ -157,6 +157,18 @@ def quantize_offset(w: np.ndarray | torch.Tensor, cfg: BlockQuant, importance: t
     return packed, p
 
 
+def quantize_matrix(w: np.ndarray, cfg: BlockQuant, importance: torch.Tensor | None = None,
+                    hessian: torch.Tensor | None = None) -> tuple[Quantized, np.ndarray | None, np.ndarray]:
+    """W (K, N) -> (its MatMulNBits tensors, the block-sum matrix P of offset methods or None, the (K, N) weight
+    the kernel computes: x @ that == concat(x, x @ P) @ dequantize(tensors))."""
+    if cfg.offsets:
+        qz, p = quantize_offset(w, cfg, importance=importance, hessian=hessian)
+        d = dequantize(qz)
+        return qz, p, d[:d.shape[0] - p.shape[1]] + p @ d[d.shape[0] - p.shape[1]:]
+    qz = quantize_weight(w, cfg, importance=importance, hessian=hessian)
+    return qz, None, dequantize(qz)
+
+
 def dequantize(qz: Quantized) -> np.ndarray:
     """The (K, N) float32 weight MatMulNBits computes with (for error checks)."""
     scale = torch.as_tensor(qz.scales)[..., None]

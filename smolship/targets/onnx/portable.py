@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from smolship.targets.onnx.graph_edit import constant, splice
+
 MS_DOMAIN = "com.microsoft"
 
 
@@ -34,9 +36,7 @@ def portable_embedding(model) -> int:
         name = node.name or "embedding"
 
         def const(suffix: str, array: np.ndarray):
-            v = ir.Value(name=f"{name}.{suffix}", const_value=ir.tensor(array, name=f"{name}.{suffix}"))
-            graph.register_initializer(v)
-            return v
+            return constant(graph, f"{name}.{suffix}", array)
 
         codes = ir.node("Gather", [data, ids], attributes={"axis": 0}, name=f"{name}/codes")  # (B, T, H) uint8
         as_float = ir.node("Cast", [codes.outputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{name}/cast")
@@ -59,13 +59,6 @@ def portable_embedding(model) -> int:
         scaled = ir.node("Mul", [centered.outputs[0], sexp.outputs[0]], name=f"{name}/scale")
         out = ir.node("Reshape", [scaled.outputs[0], const("rows_out_shape", np.array([0, 0, -1], dtype=np.int64))],
                       name=f"{name}/rows")  # (B, T, H)
-        nodes += [blocks, centered, srows, sexp, scaled, out]
-        for n in nodes:
-            graph.insert_before(node, n)
-        old = node.outputs[0]
-        old_name = old.name
-        old.replace_all_uses_with(out.outputs[0])
-        graph.remove(node, safe=True)
-        out.outputs[0].name = old_name
+        splice(graph, node, nodes + [blocks, centered, srows, sexp, scaled, out])
         done += 1
     return done

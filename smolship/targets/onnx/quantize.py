@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from smolship.targets.onnx.blockquant import BlockQuant, Quantized, dequantize, quantize_offset, quantize_weight
+from smolship.targets.onnx.blockquant import BlockQuant, Quantized, quantize_matrix, quantize_weight
 from smolship.exporter.calibration import Calibration
+from smolship.targets.onnx.graph_edit import constant, splice
 from smolship.quant.rules import first_match
 
 MS_DOMAIN = "com.microsoft"
@@ -104,13 +105,15 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
         a = node.inputs[0]
         imp = calib.importance.get(w_value.name) if calib else None
         hes = calib.hessian.get(w_value.name) if calib else None
-        qz, p, effective = _quantize(w, cfg, imp, hes)
+        qz, p, effective = quantize_matrix(w, cfg, imp, hes)
+        error = _rel_rms(w, effective)
         if plan.narrower is not None and cfg.bits > plan.narrower.bits and w_value.name != "lm_head":
             # more bits only where they lower the error: a Q4_1 source's blocks are held better by the 4-bit
             # offset grid (rel. RMS 0.0055) than by 8-bit symmetric blocks of 64 (0.006-0.007); off the grid 0.075 vs ~0.006
-            narrow = _quantize(w, plan.narrower, imp, hes)
-            if _rel_rms(w, narrow[2]) <= _rel_rms(w, effective):
-                cfg, (qz, p, effective) = plan.narrower, narrow
+            narrow = quantize_matrix(w, plan.narrower, imp, hes)
+            narrow_error = _rel_rms(w, narrow[2])
+            if narrow_error <= error:
+                cfg, (qz, p, effective), error = plan.narrower, narrow, narrow_error
         if p is not None:
             a, k = _append_block_sums(graph, node, a, p, w_value.name), k + p.shape[1]
         if plan.standard_ops:
@@ -133,7 +136,7 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
             # holding them beside their quantized forms peaked at 23.7 GB
             del graph.initializers[w_value.name]
         report.matmuls[w_value.name] = describe(cfg)
-        report.weight_error[w_value.name] = _rel_rms(w, effective)
+        report.weight_error[w_value.name] = error
         done[w_value.name] = (cfg, names)  # not the codes: 1 byte per weight we no longer need
         if progress:
             progress(f"quantize {w_value.name}", (i + 1) / len(matmuls))
@@ -144,16 +147,6 @@ def quantize_model(model, plan: QuantPlan, calib: Calibration | None = None, tie
             report.embedding = _quantize_embedding(graph, plan.embedding, done, tied)
     _drop_unused_initializers(graph)
     return report
-
-
-def _quantize(w: np.ndarray, cfg: BlockQuant, imp, hes) -> tuple[Quantized, np.ndarray | None, np.ndarray]:
-    """(codes and scales, the block-sum matrix P of offset methods or None, the (K, N) weight the kernel computes)."""
-    if cfg.offsets:
-        qz, p = quantize_offset(w, cfg, importance=imp, hessian=hes)
-        d = dequantize(qz)
-        return qz, p, d[:w.shape[0]] + p @ d[w.shape[0]:]
-    qz = quantize_weight(w, cfg, importance=imp, hessian=hes)
-    return qz, None, dequantize(qz)
 
 
 def _is_tied(graph) -> bool:
@@ -175,14 +168,12 @@ def _weight(value) -> np.ndarray | None:
 
 
 def _add_quantized(graph, base: str, qz: Quantized, cfg: BlockQuant) -> dict[str, str | None]:
-    import onnx_ir as ir
-
     names = {"B": f"{base}.q{cfg.bits}", "scales": f"{base}.scales",
              "zero_points": f"{base}.zero_points" if qz.zero_points is not None else None}
     arrays = {"B": qz.packed, "scales": qz.scales, "zero_points": qz.zero_points}
     for key, name in names.items():
         if name:
-            graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(arrays[key], name=name)))
+            constant(graph, name, arrays[key])
     return names
 
 
@@ -192,7 +183,6 @@ def _add_dequantize_inputs(graph, base: str, qz: Quantized, cfg: BlockQuant) -> 
     Symmetric grids (MatMulNBits' implied zero point 2**(bits-1)) become signed codes with no zero-point
     tensor; asymmetric ones unsigned codes with per-block unsigned zero points of the same width."""
     import ml_dtypes
-    import onnx_ir as ir
 
     n = qz.q.shape[0]
     q = qz.q.reshape(n, -1).t()  # (K, N) unsigned codes
@@ -208,8 +198,7 @@ def _add_dequantize_inputs(graph, base: str, qz: Quantized, cfg: BlockQuant) -> 
              "x_zero_point": f"{base}.zero_points" if zeros is not None else None}
     for key, name in names.items():
         if name:
-            arr = np.ascontiguousarray(arrays[key])
-            graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(arr, name=name)))
+            constant(graph, name, np.ascontiguousarray(arrays[key]))
     return names
 
 
@@ -219,7 +208,7 @@ def _append_block_sums(graph, node, a, p: np.ndarray, base: str):
 
     name = f"block_sums_{p.shape[0]}x{p.shape[1]}"  # one 0/1 matrix per shape, shared by all layers
     if name not in graph.initializers:
-        graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(p, name=name)))
+        constant(graph, name, p)
     sums = ir.node("MatMul", [a, graph.initializers[name]], name=f"{base}/BlockSums")
     cat = ir.node("Concat", [a, sums.outputs[0]], attributes={"axis": -1}, name=f"{base}/AppendBlockSums")
     graph.insert_before(node, sums)
@@ -259,9 +248,7 @@ def _quantize_embedding(graph, cfg: BlockQuant, done: dict, tied: bool) -> str:
         qz = quantize_weight(emb.T, cfg)
         names = _add_quantized(graph, EMBEDDING, qz, cfg)
     data = graph.initializers[names["B"]]
-    shape = ir.Value(name=f"{EMBEDDING}.rows_shape",
-                     const_value=ir.tensor(np.array([vocab, -1], dtype=np.int64), name=f"{EMBEDDING}.rows_shape"))
-    graph.register_initializer(shape)
+    shape = constant(graph, f"{EMBEDDING}.rows_shape", np.array([vocab, -1], dtype=np.int64))
     reshape = ir.node("Reshape", [data, shape], name="embed_tokens/Reshape")  # (V, kb, blob) -> (V, kb*blob)
     inputs = [reshape.outputs[0], node.inputs[1], graph.initializers[names["scales"]]]
     if names["zero_points"]:
@@ -303,9 +290,7 @@ def _dequantized_embedding(graph, cfg: BlockQuant, done: dict, tied: bool, alias
         names = _add_dequantize_inputs(graph, EMBEDDING, quantize_weight(emb.T, cfg), cfg)
 
     def const(suffix: str, array: np.ndarray):
-        v = ir.Value(name=f"{EMBEDDING}.{suffix}", const_value=ir.tensor(array, name=f"{EMBEDDING}.{suffix}"))
-        graph.register_initializer(v)
-        return v
+        return constant(graph, f"{EMBEDDING}.{suffix}", array)
 
     ids = node.inputs[1]
     codes = ir.node("Gather", [graph.initializers[names["x"]], ids], attributes={"axis": 1}, name="embed_tokens/codes")
@@ -323,13 +308,7 @@ def _dequantized_embedding(graph, cfg: BlockQuant, done: dict, tied: bool, alias
     scaled = ir.node("Mul", [blocks.outputs[0], scales.outputs[0]], name="embed_tokens/scale")
     out = ir.node("Reshape", [scaled.outputs[0], const("rows_shape", np.array([0, 0, hidden], dtype=np.int64))],
                   name="embed_tokens/rows")  # (B, T, K)
-    for n in (codes, code_rows, as_float, blocks, scale_cols, scale_rows, scales, scaled, out):
-        graph.insert_before(node, n)
-    old = node.outputs[0]
-    old_name = old.name
-    old.replace_all_uses_with(out.outputs[0])
-    graph.remove(node, safe=True)
-    out.outputs[0].name = old_name
+    splice(graph, node, [codes, code_rows, as_float, blocks, scale_cols, scale_rows, scales, scaled, out])
     return describe(cfg) + (" (shared with lm_head)" if shared else "")
 
 
