@@ -145,56 +145,39 @@ def save_model(model, folder: Path, force_external: bool = False, file_name: str
     nbytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     if nbytes > EXTERNAL_DATA_BYTES or force_external or aliases:
         data = file_name + "_data"
-        ir.save(model, folder / file_name, external_data=data, size_threshold_bytes=1024)
-        if aliases:
-            share_external_bytes(folder / file_name, aliases)
+        held = {name: model.graph.initializers.pop(name) for name in aliases or {}}  # written as references only
+        try:
+            ir.save(model, folder / file_name, external_data=data, size_threshold_bytes=1024)
+        finally:
+            for name, value in held.items():
+                model.graph.register_initializer(value)
+        if held:
+            add_aliases(folder / file_name, {name: (value, aliases[name]) for name, value in held.items()})
         return [file_name, data]
     ir.save(ir.external_data.load_to_model(model), folder / file_name)  # inline weights read from another file
     return [file_name]
 
 
-def share_external_bytes(path: Path, aliases: dict[str, str], align: int = 64) -> None:
-    """Rewrite `path`'s external data so each alias initializer points at its source's bytes (written once).
+def add_aliases(path: Path, aliases: dict) -> None:
+    """Add to `path` each alias initializer (name -> (its onnx_ir value, source name)) as a reference to the
+    external-data bytes of its source: one copy in the data file, two names in the graph.
 
     ONNX Runtime fuses a DequantizeLinear into MatMulNBits only when nothing else reads its codes; the
-    tied embedding's Gather reads the same table under another name, so the file holds it once."""
+    tied embedding's Gather reads the same table under another name."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
-    inits = {t.name: t for t in proto.graph.initializer}
-    missing = [a for a, src in aliases.items() if a not in inits or src not in inits]
-    if missing:
-        raise ValueError(f"aliases without both initializers in {path.name}: {missing}")
-
-    def entries(t) -> dict[str, str]:
-        return {e.key: e.value for e in t.external_data}
-
-    locations = {entries(t)["location"] for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-    if len(locations) != 1:
-        raise ValueError(f"expected one external data file for {path.name}, found {sorted(locations)}")
-    data_path = path.parent / locations.pop()
-    old = data_path.read_bytes()
-    out = bytearray()
-    for t in proto.graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL or t.name in aliases:
-            continue
-        e = entries(t)
-        start, length = int(e.get("offset", 0)), int(e["length"])
-        out += b"\0" * (-len(out) % align)
-        _set_external(t, e["location"], len(out), length)
-        out += old[start:start + length]
-    for alias, src in aliases.items():
-        e = entries(inits[src])
-        _set_external(inits[alias], e["location"], int(e.get("offset", 0)), int(e["length"]))
-    data_path.write_bytes(bytes(out))
+    sources = {t.name: t for t in proto.graph.initializer}
+    for name, (value, source) in aliases.items():
+        src = sources[source]
+        if src.data_location != onnx.TensorProto.EXTERNAL:
+            raise ValueError(f"alias {name}: its source {source} is not in external data")
+        tensor = proto.graph.initializer.add()
+        tensor.name, tensor.data_type = name, src.data_type
+        tensor.dims.extend(value.const_value.shape)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.extend(src.external_data)
     onnx.save(proto, str(path))
-
-
-def _set_external(tensor, location: str, offset: int, length: int) -> None:
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
 
 
 class _quiet_exporter:
