@@ -1,6 +1,6 @@
-"""Module swaps that keep attention, the KV-cache update and the norms off ExecuTorch's slow paths.
+"""ExecuTorch's cache and module swaps for the one forward (`Llama.decode`), off ExecuTorch's slow paths.
 
-The project's model (exporter/model.py) writes its cache with ``index_copy_`` and attends with
+The reference cache (exporter/model.py `StaticCache`) writes with ``index_copy_`` and attends with
 ``F.scaled_dot_product_attention`` over the whole ``[1, n_kv, max_seq, hd]`` buffer after expanding
 K/V for grouped-query attention. Lowered as is, that becomes portable ``index_put``, ``expand_copy``,
 ``bmm`` and ``softmax`` kernels that touch all ``max_seq`` slots at every step. ExecuTorch ships two
@@ -11,23 +11,23 @@ custom ops for exactly this (executorch/extension/llm/custom_ops, used by its ow
   a flash-style kernel that reads only slots ``<= start_pos + i``, handles GQA natively and needs
   no mask tensor.
 
-Both want the sequence in dim 1, so the cache here is ``[1, max_seq, n_kv, hd]``.
+Both want the sequence in dim 1, so `CustomOpCache`'s buffers are ``[1, max_seq, n_kv, hd]``.
 
 More swaps keep each decoder layer inside as few XNNPACK partitions and operators as possible
 (every portable op between delegated ops splits a partition; 330 partitions made lowering take minutes):
 
 * `XnnpackRMSNorm`: the row mean as an fp32 matmul with a ``[1, d]`` row of ``1/d`` (XNNPACK takes
   no last-dim ``mean``; a 4-D one brings two layout transposes);
-* RoPE's rotate-half as a fixed 0/±1 matrix (`RotateHalf`), so ``slice``/``neg``/``cat`` become one
+* RoPE's rotate-half as a fixed 0/±1 matrix (`MatrixRotary`), so ``slice``/``neg``/``cat`` become one
   exact fp32 linear;
-* q/k/v as one matmul (`quantize.concat_outputs`) with RoPE on all heads at once, its tables the
-  identity on the v heads; the split happens outside the delegate, beside the custom ops;
+* q/k/v as one matmul (`FusedQKVAttention`, `quantize.concat_outputs`) with RoPE on all heads at once,
+  its tables the identity on the v heads; the split happens outside the delegate, beside the custom ops;
 * `SharedInputMLP` goes through `quantize.apply_all`, so gate and up share one block-mean
   computation for their asymmetric-int4 offsets.
 
-Nothing in model.py changes: `swap_modules` replaces submodules (same weights, same parameter
-names), and `ExportLlama` is the top-level forward that turns ``input_pos`` into one symbolic
-``start_pos`` (``.item()``) and slices the RoPE tables with it.
+`swap_modules` replaces submodules (same weights, same parameter names), and `ExportLlama` is the
+exported entry: it turns ``input_pos`` into one symbolic ``start_pos`` (``.item()``), slices the
+RoPE tables with it and calls ``Llama.decode`` with a `CustomOpCache`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smolship.exporter.model import MLP, Attention, Llama, RMSNorm
+from smolship.exporter.model import MLP, Attention, Llama, RMSNorm, Rotary
 from smolship.targets.executorch.quantize import apply_all, concat_outputs, mean_row
 
 
@@ -44,33 +44,40 @@ def load_custom_ops() -> None:
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
 
 
-class XnnpackRMSNorm(nn.Module):
+class XnnpackRMSNorm(RMSNorm):
     """RMSNorm whose row mean is an fp32 matmul with a ``[1, d]`` row of ``1/d`` (one XNNPACK FC;
     XNNPACK takes no last-dim ``mean``, and a 4-D one costs two layout transposes)."""
 
-    def __init__(self, norm: RMSNorm):
-        super().__init__()
-        self.eps, self.weight = norm.eps, norm.weight
-        self.register_buffer("mean_row", mean_row(norm.weight.shape[0]), persistent=False)
+    @classmethod
+    def like(cls, norm: RMSNorm) -> "XnnpackRMSNorm":
+        new = super().like(norm)
+        new.register_buffer("mean_row", mean_row(norm.weight.shape[0]), persistent=False)
+        return new
 
     def forward(self, x: Tensor) -> Tensor:
         ms = torch.nn.functional.linear(x * x, self.mean_row)  # (B, T, 1)
         return self.weight * (x * torch.rsqrt(ms + self.eps))
 
 
-class RotateHalf(nn.Module):
-    """``cat(-x[..., h:], x[..., :h])`` as ``x @ R`` with R a signed permutation (exact in fp32)."""
+class MatrixRotary(Rotary):
+    """RoPE whose rotate-half is ``x @ R``, R a signed permutation (exact in fp32): one XNNPACK linear
+    instead of ``slice``/``neg``/``cat``."""
 
-    def __init__(self, head_dim: int):
-        super().__init__()
-        h = head_dim // 2
-        r = torch.zeros(head_dim, head_dim)
-        r[torch.arange(h) + h, torch.arange(h)] = -1.0  # out[:h] = -x[h:]
-        r[torch.arange(h), torch.arange(h) + h] = 1.0  # out[h:] = x[:h]
-        self.register_buffer("r_t", r.t().contiguous(), persistent=False)
+    def __init__(self, cos: Tensor, sin: Tensor, r_t: Tensor):
+        super().__init__(cos, sin)
+        self.r_t = r_t
 
-    def forward(self, x: Tensor) -> Tensor:
+    def rotate_half(self, x: Tensor) -> Tensor:
         return torch.nn.functional.linear(x, self.r_t)
+
+
+def rotate_half_matrix(head_dim: int) -> Tensor:
+    """R^T for `MatrixRotary`: ``x @ R == cat(-x[..., h:], x[..., :h])``."""
+    h = head_dim // 2
+    r = torch.zeros(head_dim, head_dim)
+    r[torch.arange(h) + h, torch.arange(h)] = -1.0  # out[:h] = -x[h:]
+    r[torch.arange(h), torch.arange(h) + h] = 1.0  # out[h:] = x[:h]
+    return r.t().contiguous()
 
 
 class SeqMajorKVCache(nn.Module):
@@ -82,30 +89,36 @@ class SeqMajorKVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
 
-    def update(self, start_pos, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        # k, v: (1, T, n_kv, hd) written at slots [start_pos, start_pos + T)
-        torch.ops.llama.update_cache(k, self.k_cache, start_pos)
-        torch.ops.llama.update_cache(v, self.v_cache, start_pos)
-        return self.k_cache, self.v_cache
+
+class CustomOpCache:
+    """Each layer's `SeqMajorKVCache` written by ``llama::update_cache`` at ``start_pos`` and read by
+    ``llama::custom_sdpa`` (causal from ``start_pos``: no mask tensor)."""
+
+    def __init__(self, model: Llama, start_pos, rotary: Rotary):
+        self.buffers = [layer.self_attn.kv_cache for layer in model.layers]
+        self.start_pos, self.rotary = start_pos, rotary
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        buf = self.buffers[layer]
+        torch.ops.llama.update_cache(k, buf.k_cache, self.start_pos)
+        torch.ops.llama.update_cache(v, buf.v_cache, self.start_pos)
+        y = torch.ops.llama.custom_sdpa(q, buf.k_cache, buf.v_cache, self.start_pos, None, 0.0, True)  # (B, T, nh, hd)
+        return y.reshape(q.shape[0], -1, q.shape[2] * q.shape[3])
 
 
-class CustomOpAttention(Attention):
-    """`Attention` whose cache write and attention are ExecuTorch custom ops.
-
-    Called by the unchanged DecoderLayer as ``self_attn(x, cos, sin, mask, positions)``; here
-    cos/sin are ``(T, 1, hd)``, ``positions`` is the symbolic int ``start_pos`` that `ExportLlama`
-    passes down and ``mask`` is unused (``custom_sdpa`` is causal from ``start_pos``).
-    """
+class FusedQKVAttention(Attention):
+    """`Attention` whose projection shares work between q, k and v: one matmul (`fuse_qkv`) with RoPE on
+    all heads at once (the rotary's tables are the identity on the v heads), or `apply_all` (one
+    block-mean computation for the three). It holds its layer's `SeqMajorKVCache` (`kv_cache`)."""
 
     @classmethod
-    def from_attention(cls, attn: Attention, max_seq_len: int) -> "CustomOpAttention":
+    def from_attention(cls, attn: Attention, max_seq_len: int) -> "FusedQKVAttention":
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        new.n_heads, new.n_kv_heads, new.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        new.layer, new.n_heads, new.n_kv_heads, new.head_dim = attn.layer, attn.n_heads, attn.n_kv_heads, attn.head_dim
         new.q_proj, new.k_proj, new.v_proj, new.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         new.qkv_proj = None
         new.kv_cache = SeqMajorKVCache(attn.n_kv_heads, max_seq_len, attn.head_dim)
-        new.rotate_half = RotateHalf(attn.head_dim)
         return new
 
     def fuse_qkv(self, qkv: nn.Module) -> None:
@@ -114,23 +127,16 @@ class CustomOpAttention(Attention):
         self.qkv_proj = qkv
         del self.q_proj, self.k_proj, self.v_proj
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask, start_pos, past_k=None, past_v=None):
+    def project(self, x: Tensor, rotary: Rotary) -> tuple[Tensor, Tensor, Tensor]:
         b = x.shape[0]  # token dim as -1 in every reshape: XNNPACK takes one inferred dim, no symbols
         nh, nkv = self.n_heads, self.n_kv_heads
-        if self.qkv_proj is not None:  # one matmul; RoPE on all heads at once (cos 1, sin 0 on v heads)
-            y = self.qkv_proj(x).view(b, -1, nh + 2 * nkv, self.head_dim)
-            y = y * cos + self.rotate_half(y) * sin
-            q, k, v = y[:, :, :nh], y[:, :, nh:nh + nkv], y[:, :, nh + nkv:]
-        else:
-            q, k, v = apply_all((self.q_proj, self.k_proj, self.v_proj), x)
-            q = q.view(b, -1, nh, self.head_dim)  # (B, T, nh, hd)
-            k = k.view(b, -1, nkv, self.head_dim)  # (B, T, nkv, hd)
-            v = v.view(b, -1, nkv, self.head_dim)
-            q = q * cos + self.rotate_half(q) * sin  # cos/sin (T, 1, hd) broadcast over heads
-            k = k * cos + self.rotate_half(k) * sin
-        k_cache, v_cache = self.kv_cache.update(start_pos, k, v)  # (B, max_seq, nkv, hd)
-        y = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start_pos, None, 0.0, True)  # (B, T, nh, hd)
-        return self.o_proj(y.reshape(b, -1, nh * self.head_dim)), None
+        if self.qkv_proj is not None:
+            y = rotary(self.qkv_proj(x).view(b, -1, nh + 2 * nkv, self.head_dim))  # cos 1, sin 0 on the v heads
+            return y[:, :, :nh], y[:, :, nh:nh + nkv], y[:, :, nh + nkv:]
+        q, k, v = apply_all((self.q_proj, self.k_proj, self.v_proj), x)
+        q = rotary(q.view(b, -1, nh, self.head_dim))  # (B, T, nh, hd)
+        k = rotary(k.view(b, -1, nkv, self.head_dim))  # (B, T, nkv, hd)
+        return q, k, v.view(b, -1, nkv, self.head_dim)
 
 
 class SharedInputMLP(nn.Module):
@@ -146,20 +152,21 @@ class SharedInputMLP(nn.Module):
 
 
 def swap_modules(model: Llama) -> Llama:
-    """In place: custom-op attention (with its own cache, q/k/v as one matmul where every layer's
-    three share a scheme), the shared-input MLP and XNNPACK-friendly norms."""
+    """In place: attention with its own seq-major cache (q/k/v as one matmul where every layer's three
+    share a scheme), the shared-input MLP and XNNPACK-friendly norms."""
     load_custom_ops()
+    model.drop_static_cache()
     for layer in model.layers:
-        if not isinstance(layer.self_attn, CustomOpAttention):
-            layer.self_attn = CustomOpAttention.from_attention(layer.self_attn, model.max_seq_len)
+        if not isinstance(layer.self_attn, FusedQKVAttention):
+            layer.self_attn = FusedQKVAttention.from_attention(layer.self_attn, model.max_seq_len)
         if isinstance(layer.mlp, MLP):
             layer.mlp = SharedInputMLP(layer.mlp)
         for name in ("input_layernorm", "post_attention_layernorm"):
             norm = getattr(layer, name)
-            if isinstance(norm, RMSNorm):
-                setattr(layer, name, XnnpackRMSNorm(norm))
-    if isinstance(model.norm, RMSNorm):
-        model.norm = XnnpackRMSNorm(model.norm)
+            if not isinstance(norm, XnnpackRMSNorm):
+                setattr(layer, name, XnnpackRMSNorm.like(norm))
+    if not isinstance(model.norm, XnnpackRMSNorm):
+        model.norm = XnnpackRMSNorm.like(model.norm)
     attns = [layer.self_attn for layer in model.layers]
     if all(a.qkv_proj is None for a in attns):  # all layers or none: they share the RoPE tables
         fused = [concat_outputs((a.q_proj, a.k_proj, a.v_proj)) for a in attns]
@@ -170,25 +177,21 @@ def swap_modules(model: Llama) -> Llama:
 
 
 def qkv_fused(model: Llama) -> bool:
-    return isinstance(model.layers[0].self_attn, CustomOpAttention) and model.layers[0].self_attn.qkv_proj is not None
+    return isinstance(model.layers[0].self_attn, FusedQKVAttention) and model.layers[0].self_attn.qkv_proj is not None
 
 
 class ExportLlama(nn.Module):
     """The exported forward: ``forward(tokens int64[1, n], input_pos int64[1]) -> logits[1, n, V]``.
 
-    Same submodules and math as ``Llama.forward``; the difference is that the start position is
-    read once as a symbolic int so RoPE is a ``narrow`` and the custom ops get a scalar, which
-    keeps the token dimension dynamic (prefill of any length up to the bound, decode of 1).
+    ``Llama.decode`` with a `CustomOpCache`: the start position is read once as a symbolic int so
+    RoPE is a ``narrow`` and the custom ops get a scalar, which keeps the token dimension dynamic
+    (prefill of any length up to the bound, decode of 1).
     """
 
     def __init__(self, model: Llama):
         super().__init__()
         self.model = swap_modules(model)
         self.max_seq_len = model.max_seq_len
-        # The (max_seq, max_seq) causal mask is not used with custom_sdpa; dropping it keeps 4 MB
-        # (at 2048) of dead constant out of the program.
-        if hasattr(model, "causal_mask"):
-            del model.causal_mask
         # RoPE tables repeat their first half (rotate-half layout), so the program stores only that
         # half and concatenates per call: 0.5 MB less at 2048 positions, the same values.
         half = model.rope_cos.shape[-1] // 2
@@ -197,6 +200,7 @@ class ExportLlama(nn.Module):
         del model.rope_cos, model.rope_sin
         model.register_buffer("rope_cos_half", cos_half, persistent=False)
         model.register_buffer("rope_sin_half", sin_half, persistent=False)
+        self.register_buffer("rotate_half_t", rotate_half_matrix(model.cfg.head_dim), persistent=False)
         self.fused_qkv = qkv_fused(model)
         if self.fused_qkv:  # (heads, 1): 1 on the q and k heads of the fused q/k/v output, 0 on v; and 1 - that
             cfg = model.cfg
@@ -215,7 +219,4 @@ class ExportLlama(nn.Module):
         cos, sin = torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)  # (T, 1, hd)
         if self.fused_qkv:  # (T, nh + 2 nkv, hd): cos 1 and sin 0 (exactly) on the v heads
             cos, sin = cos * self.rope_qk_heads + self.rope_v_heads, sin * self.rope_qk_heads
-        x = m.embed_tokens(tokens).float()  # a 4-bit embedding returns fp16 rows (see quantize.py)
-        for layer in m.layers:
-            x, _ = layer(x, cos, sin, None, start)
-        return m._logits(x)
+        return m.decode(tokens, CustomOpCache(m, start, MatrixRotary(cos, sin, self.rotate_half_t)))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from smolship.exporter.model import CacheMode
-from smolship.targets.onnx.graph_model import ExplicitDecoder, FusedDecoder, io_names
+from smolship.targets.onnx.graph_model import ExplicitDecoder, FusedDecoder, io_names, weight_name
 
 ONNX_DIR = "onnx"  # transformers.js looks for its decoders in this sub-folder
 MODEL_FILE = "model.onnx"
@@ -86,10 +86,22 @@ def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: to
             custom_translation_table=translations() if graph == "fused" else None, verbose=False,
         )
     model = program.model
+    if graph == "fused":
+        _rename_initializers(model, weight_name)
     _name_initializers(model)
     _name_present_dims(model)
     model.graph.name = f"smolship_{source.name}_{graph}"
     return model
+
+
+def _rename_initializers(model, rename) -> None:
+    """Every initializer named rename(its parameter path)."""
+    for old in list(model.graph.initializers):
+        new = rename(old)
+        if new != old and new not in model.graph.initializers:
+            value = model.graph.initializers.pop(old)
+            value.name = new
+            model.graph.register_initializer(value)
 
 
 def _name_initializers(model) -> None:

@@ -1,16 +1,18 @@
-"""The two nn.Modules that torch.onnx exports: onnxruntime-genai's decoder I/O around the project's model.
+"""The two nn.Modules that torch.onnx exports: onnxruntime-genai's decoder I/O around the one forward.
 
 Both take ``input_ids (1, T) int64, attention_mask (1, total) int64, past_key_values.N.key/value``
 and return ``logits (1, T, V)`` and ``present.N.key/value`` - the names onnxruntime-genai binds.
 
-* `ExplicitDecoder` ("plain" graph): calls ``Llama.forward_explicit`` of exporter/model.py unchanged;
-  past grows by concatenation (``past_present_share_buffer: false``), standard ONNX ops only.
-* `FusedDecoder` ("fused" graph, the default): the same weights and math, re-wired for ONNX Runtime's
-  fused kernels (contrib_ops.py): packed QKV and gate/up projections, GroupQueryAttention with rotary
-  inside over a KV buffer that past and present share (``past_present_share_buffer: true``),
-  SkipSimplifiedLayerNormalization for every residual add + RMSNorm. For quantized recipes the tied
-  lm_head is its own pre-transposed weight, so the quantizers see an ordinary MatMul; float recipes
-  keep it tied (Transpose of the embedding, folded by ONNX Runtime at load) so the file holds one copy.
+* `ExplicitDecoder` ("plain" graph): ``Llama.forward_explicit`` (a `ConcatCache`); past grows by
+  concatenation (``past_present_share_buffer: false``), standard ONNX ops only.
+* `FusedDecoder` ("fused" graph, the default): ``Llama.decode`` with a `GQACache` and module swaps onto
+  ONNX Runtime's fused kernels (contrib_ops.py): q/k/v and gate/up each one packed MatMul
+  (`PackedAttention`, `PackedMLP`), GroupQueryAttention with rotary inside over a KV buffer that past
+  and present share (``past_present_share_buffer: true``), and SkipSimplifiedLayerNormalization for every
+  residual add + RMSNorm (`SkipRMSNorm`). Weights are stored (in, out), the layout ONNX MatMul and the
+  quantizers use. For quantized recipes the tied lm_head is its own pre-transposed weight, so the
+  quantizers see an ordinary MatMul; float recipes keep it tied (Transpose of the embedding, folded by
+  ONNX Runtime at load) so the file holds one copy.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from smolship.exporter.config import LlamaConfig
-from smolship.exporter.model import RMSNorm, rope_tables
+from smolship.exporter.model import MLP, Attention, CacheMode, Llama, RMSNorm, rope_tables
 from smolship.targets.onnx import contrib_ops  # noqa: F401  (registers torch.ops.smolship_ort)
 
 
@@ -28,6 +30,14 @@ def io_names(num_layers: int) -> tuple[list[str], list[str]]:
     past = [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
     present = [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
     return ["input_ids", "attention_mask", *past], ["logits", *present]
+
+
+def weight_name(path: str) -> str:
+    """The fused graph's initializer name for a parameter path: ``model.layers.3.self_attn.qkv_proj.weight``
+    -> ``layers.3.qkv_proj`` (the names quant plans, calibration keys and reports use)."""
+    name = path.removeprefix("model.").removesuffix(".weight")
+    name = name.replace(".self_attn.", ".").replace(".mlp.", ".")
+    return name.replace("input_layernorm", "input_norm").replace("post_attention_layernorm", "post_norm")
 
 
 class ExplicitDecoder(nn.Module):
@@ -42,70 +52,132 @@ class ExplicitDecoder(nn.Module):
         return (logits, *presents)
 
 
-def _linear_t(weight: Tensor) -> nn.Parameter:
-    """(out, in) nn.Linear weight -> (in, out), the layout ONNX MatMul and the quantizers use."""
-    return nn.Parameter(weight.t().contiguous(), requires_grad=False)
+class MatMulLinear(nn.Module):
+    """``x @ weight`` with the weight stored (in, out): one ONNX MatMul on an initializer."""
 
-
-class _FusedLayer(nn.Module):
-    def __init__(self, sd: dict[str, Tensor], prefix: str, smooth: dict[str, Tensor]):
+    def __init__(self, weight_in_out: Tensor):
         super().__init__()
-        w = lambda name: sd[prefix + name]
-        ones = torch.ones(sd[prefix + "input_layernorm.weight"].shape)
-        s_qkv, s_mlp = smooth.get(prefix + "qkv_proj", ones), smooth.get(prefix + "gate_up_proj", ones)
-        # RMSNorm(x) * g @ W == RMSNorm(x) * (g / s) @ (s[:, None] * W): exact, and it evens out the
-        # channel magnitudes that int8 activation quantization sees (SmoothQuant, Xiao et al., 2022).
-        self.input_norm = nn.Parameter(w("input_layernorm.weight") / s_qkv, requires_grad=False)
-        self.post_norm = nn.Parameter(w("post_attention_layernorm.weight") / s_mlp, requires_grad=False)
-        self.qkv_proj = _linear_t(torch.cat([w("self_attn.q_proj.weight"), w("self_attn.k_proj.weight"),
-                                             w("self_attn.v_proj.weight")]) * s_qkv)  # (h, (nh + 2 nkv) hd)
-        self.o_proj = _linear_t(w("self_attn.o_proj.weight"))
-        self.gate_up_proj = _linear_t(torch.cat([w("mlp.gate_proj.weight"), w("mlp.up_proj.weight")]) * s_mlp)  # (h, 2 i)
-        self.down_proj = _linear_t(w("mlp.down_proj.weight"))
+        self.weight = nn.Parameter(weight_in_out.contiguous(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.weight
+
+
+class TiedHead(nn.Module):
+    """``x @ embedding^T``: the tied lm_head reading the embedding itself (one copy in the file)."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.embedding = [embedding]  # a list: not a submodule, so the weight keeps its one name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.embedding[0].weight.t()
+
+
+class SkipRMSNorm(RMSNorm):
+    """The residual add and the norm as one SkipSimplifiedLayerNormalization (plain ops with no residual yet)."""
+
+    def add_and_norm(self, x: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        if residual is None:
+            return self(x), x
+        return torch.ops.smolship_ort.skip_rms_norm(x, residual, self.weight, self.eps)
+
+
+class PackedAttention(Attention):
+    """q, k and v from one (h, (nh + 2 nkv) hd) MatMul, handed on packed (GroupQueryAttention's own
+    packed-QKV form: key and value None); o_proj a MatMul too. No RoPE here: GQA rotates."""
+
+    @classmethod
+    def packing(cls, attn: Attention, smooth: Tensor | None) -> "PackedAttention":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.layer, new.n_heads, new.n_kv_heads, new.head_dim = attn.layer, attn.n_heads, attn.n_kv_heads, attn.head_dim
+        w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # (N, h)
+        new.qkv_proj = MatMulLinear((w if smooth is None else w * smooth).t())  # (h, N)
+        new.o_proj = MatMulLinear(attn.o_proj.weight.t())
+        return new
+
+    def project(self, x: Tensor, rotary) -> tuple[Tensor, None, None]:
+        return self.qkv_proj(x), None, None  # (B, T, (nh + 2 nkv) hd)
+
+
+class PackedMLP(MLP):
+    """gate and up from one (h, 2 i) MatMul; down_proj a MatMul."""
+
+    def __init__(self, mlp: MLP, smooth: Tensor | None):
+        nn.Module.__init__(self)
+        w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2 i, h)
+        self.gate_up_proj = MatMulLinear((w if smooth is None else w * smooth).t())
+        self.down_proj = MatMulLinear(mlp.down_proj.weight.t())
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class GQACache:
+    """GroupQueryAttention over genai's shared buffers ``[1, n_kv, max_seq, hd]`` (past in, present out);
+    the kernel applies RoPE (`rotary` None) and writes the new K/V at ``total - T``. It takes q/k/v
+    ``(B, T, heads, hd)`` or, as the kernel does, q packed ``(B, T, (nh + 2 nkv) hd)`` with k and v None."""
+
+    rotary = None
+
+    def __init__(self, past: tuple[Tensor, ...], attention_mask: Tensor, cos_cache: Tensor, sin_cache: Tensor,
+                 cfg: LlamaConfig):
+        self.past, self.cos_cache, self.sin_cache, self.cfg = past, cos_cache, sin_cache, cfg
+        self.seqlens_k = (attention_mask.sum(dim=1) - 1).to(torch.int32)  # (B,) index of the last valid slot
+        self.total_len = torch.zeros((), dtype=torch.int32) + attention_mask.shape[1]  # scalar
+        self.presents: list[Tensor] = []
+
+    def attend(self, layer: int, q: Tensor, k: Tensor | None, v: Tensor | None) -> Tensor:
+        flat = (q.flatten(2), k.flatten(2), v.flatten(2)) if k is not None else (q, None, None)
+        y, k_all, v_all = torch.ops.smolship_ort.gqa(
+            *flat, self.past[2 * layer], self.past[2 * layer + 1], self.seqlens_k,
+            self.total_len, self.cos_cache, self.sin_cache, self.cfg.num_heads, self.cfg.num_kv_heads)
+        self.presents += [k_all, v_all]
+        return y
+
+
+def smoothed_norms(model: Llama, smooth: dict[str, Tensor]) -> None:
+    """RMSNorm(x) * g @ W == RMSNorm(x) * (g / s) @ (s[:, None] * W): exact, and it evens out the channel
+    magnitudes that int8 activation quantization sees (SmoothQuant, Xiao et al., 2022). The norms here;
+    `PackedAttention` / `PackedMLP` scale the matrices."""
+    for i, layer in enumerate(model.layers):
+        for norm, key in ((layer.input_layernorm, f"layers.{i}.qkv_proj"), (layer.post_attention_layernorm,
+                                                                             f"layers.{i}.gate_up_proj")):
+            if key in smooth:
+                norm.weight = nn.Parameter(norm.weight / smooth[key], requires_grad=False)
 
 
 class FusedDecoder(nn.Module):
-    """The Llama of exporter/model.py on ONNX Runtime's fused kernels (see the module docstring)."""
+    """``Llama.decode`` on ONNX Runtime's fused kernels (see the module docstring)."""
 
     def __init__(self, cfg: LlamaConfig, state_dict: dict[str, Tensor], max_seq_len: int,
                  smooth: dict[str, Tensor] | None = None, materialize_lm_head: bool = True):
         super().__init__()
-        self.cfg = cfg
-        sd = state_dict
-        self.embed_tokens = nn.Parameter(sd["embed_tokens.weight"], requires_grad=False)  # (V, h)
-        self.tied_head = cfg.tie_word_embeddings and not materialize_lm_head
-        if not self.tied_head:
-            head = sd["embed_tokens.weight"] if cfg.tie_word_embeddings else sd["lm_head.weight"]
-            self.lm_head = _linear_t(head)  # (h, V): its own weight even when tied, see module docstring
-        self.layers = nn.ModuleList(_FusedLayer(sd, f"layers.{i}.", smooth or {}) for i in range(cfg.num_layers))
-        self.norm = nn.Parameter(sd["norm.weight"], requires_grad=False)
-        self.first_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)  # no residual yet: plain RMSNorm ops
-        self.first_norm.weight = self.layers[0].input_norm
+        self.cfg, smooth = cfg, smooth or {}
+        model = Llama.with_weights(cfg, state_dict, max_seq_len, CacheMode.EXPLICIT)  # the source's tensors, no copy
+        del model.rope_cos, model.rope_sin  # GQA reads its own half tables
+        smoothed_norms(model, smooth)
+        for i, layer in enumerate(model.layers):
+            layer.input_layernorm = SkipRMSNorm.like(layer.input_layernorm)
+            layer.post_attention_layernorm = SkipRMSNorm.like(layer.post_attention_layernorm)
+            layer.self_attn = PackedAttention.packing(layer.self_attn, smooth.get(f"layers.{i}.qkv_proj"))
+            layer.mlp = PackedMLP(layer.mlp, smooth.get(f"layers.{i}.gate_up_proj"))
+        model.norm = SkipRMSNorm.like(model.norm)
+        if cfg.tie_word_embeddings and not materialize_lm_head:
+            model.lm_head = TiedHead(model.embed_tokens)
+        else:  # its own (h, V) weight even when tied, see module docstring
+            model.lm_head = MatMulLinear(model.lm_head.weight.t())
+        self.model = model
         cos, sin = rope_tables(cfg, max_seq_len)  # (S, hd), halves repeated
         half = cfg.head_dim // 2
         self.register_buffer("cos_cache", cos[:, :half].contiguous())  # (S, hd/2) as GQA wants
         self.register_buffer("sin_cache", sin[:, :half].contiguous())
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *past: Tensor):
-        cfg, eps = self.cfg, self.cfg.rms_norm_eps
-        seqlens_k = (attention_mask.sum(dim=1) - 1).to(torch.int32)  # (B,) index of the last valid slot
-        total_len = torch.zeros((), dtype=torch.int32) + attention_mask.shape[1]  # scalar
-        x = nn.functional.embedding(input_ids, self.embed_tokens)  # (B, T, h)
-        residual, h = x, self.first_norm(x)
-        presents: list[Tensor] = []
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                h, residual = torch.ops.smolship_ort.skip_rms_norm(mlp_out, residual, layer.input_norm, eps)  # noqa: F821
-            attn, k, v = torch.ops.smolship_ort.gqa(h @ layer.qkv_proj, past[2 * i], past[2 * i + 1], seqlens_k,
-                                                   total_len, self.cos_cache, self.sin_cache,
-                                                   cfg.num_heads, cfg.num_kv_heads)
-            presents += [k, v]
-            h, residual = torch.ops.smolship_ort.skip_rms_norm(attn @ layer.o_proj, residual, layer.post_norm, eps)
-            gate, up = (h @ layer.gate_up_proj).chunk(2, dim=-1)
-            mlp_out = (nn.functional.silu(gate) * up) @ layer.down_proj
-        h, _ = torch.ops.smolship_ort.skip_rms_norm(mlp_out, residual, self.norm, eps)
-        head = self.embed_tokens.t() if self.tied_head else self.lm_head
-        return (h @ head, *presents)
+        cache = GQACache(past, attention_mask, self.cos_cache, self.sin_cache, self.cfg)
+        return (self.model.decode(input_ids, cache), *cache.presents)
 
     def empty_past(self, max_len: int, dtype=torch.float32) -> list[Tensor]:
         shape = (1, self.cfg.num_kv_heads, max_len, self.cfg.head_dim)
