@@ -46,7 +46,7 @@ def _recipe(target, name: str):
     if name != ABLATION:
         return target.recipes[name]
     from smolship.targets.base import Precision, Recipe
-    from smolship.targets.coreml.compress import PLANS, Affine, Plan
+    from smolship.targets.coreml.recipes import PLANS, Affine, Plan
 
     w4 = PLANS["w4"].linear
     PLANS[ABLATION] = Plan(w4, w4 if isinstance(w4, Affine) else Affine(4, 32, symmetric=False))

@@ -28,6 +28,7 @@ import torch
 from smolship.exporter import load_model
 from smolship.exporter.calibration import calibration_set, collect, stats_key
 from smolship.evalset import load_eval
+from smolship.quant.rules import Rule
 
 SPECS = {"default": None, "offgrid": "offgrid:smollm2-135m?seed=0"}
 sys.path.insert(0, str(Path(__file__).parent))
@@ -121,7 +122,7 @@ def run_et(source, spec: str, docs, max_len: int, calib_tokens: int = 4096):
         if "rule" in parts[1:]:
             regexes += eight_bit_patterns(source.config.num_layers, "module")
         head = Q.SCHEMES[opts.get("h", "8da8w-rtn")]
-        plan = Q.QuantPlan(rules=(("lm_head", head), *[(r, eight) for r in regexes], (r".*", Q.SCHEMES[parts[0]])),
+        plan = Q.QuantPlan(rules=(Rule("lm_head", head), *[Rule(r, eight) for r in regexes], Rule(r".*", Q.SCHEMES[parts[0]])),
                            embedding=Q.EMB4)
     model = source.build(max_seq_len=max(max_len, 257))  # calibration pieces are 256 tokens
     seqs = None

@@ -39,6 +39,8 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
         (tmp / "generation_config.json").write_text(json.dumps(source.tokenizer.generation_config(), indent=2))
         manifest = new_manifest(source, target_name, recipe, target.runtime_versions(), result.files,
                                 result.info, options.max_seq_len)
+        if options.extra:  # the user's target options (--set): a bundle says how it was made
+            manifest["quant"]["options"] = dict(options.extra)
         manifest["export_seconds"] = export_seconds  # the target's own work, without validation
         write_manifest(tmp, manifest)
         if validator is not None:

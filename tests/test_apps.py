@@ -212,7 +212,7 @@ def test_coreml_graph_answers_language_model_swift_calls_like_the_reference(tiny
     token with a zero [1,1,1,T+1] mask (T = tokens so far); fresh states are zeros (MLModel.makeState).
     The traced graph (what ct.convert converts) must give the reference's next-token logits."""
     pytest.importorskip("coremltools")
-    from smolship.targets.coreml.convert import trace
+    from smolship.targets.coreml.export import trace
 
     seq = 64
     traced = trace(tiny_model, seq)

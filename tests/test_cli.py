@@ -26,6 +26,14 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
     (["export", "random:tiny", "--target", "tpu", "--out", "{out}"], ["Unknown target 'tpu'"]),
     (["export", "random:tiny", "--target", "gguf", "--quant", "q3_z", "--out", "{out}"], ["no recipe 'q3_z'"]),
     (["export", "random:nope", "--target", "gguf", "--out", "{out}"], ["Unknown random preset"]),
+    (["export", "random:tiny", "--target", "onnx", "--set", "onnx.group_sise=64", "--out", "{out}"],
+     ["Unknown onnx option(s): group_sise", "Valid onnx options: accuracy_level"]),
+    (["export", "random:tiny", "--target", "onnx", "--set", "onnx.lm_head_bits=eight", "--out", "{out}"],
+     ["lm_head_bits='eight' has the wrong type (expected int)"]),
+    (["export", "random:tiny", "--target", "onnx", "--set", "gguf.imatrix=false", "--out", "{out}"],
+     ["for the gguf target, which this export does not run"]),
+    (["export", "random:tiny", "--target", "onnx", "--set", "lm_head_bits=4", "--out", "{out}"],
+     ["is not TARGET.OPTION=VALUE"]),
 ])
 def test_bad_export_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needles):
     out = tmp_path / "out"
@@ -43,6 +51,21 @@ def test_a_misspelt_option_is_a_usage_error(tmp_path):
     assert "No such option" in proc.stderr and "--no-latency" in proc.stderr, proc.stderr
     assert "Unexpected error" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_target_options_reach_the_export_and_its_manifest(tmp_path):
+    """--set TARGET.OPTION=VALUE (JSON values) is what ExportOptions.extra gets: the int4 head drops to 4 bits
+    and no layer keeps 8 bits, as the quantizer's own report in the manifest says."""
+    out = tmp_path / "out"
+    listing = smolship("export", "--options")
+    assert listing.returncode == 0 and "onnx.lm_head_bits" in listing.stdout and "gguf.imatrix" in listing.stdout
+    proc = smolship("export", "random:tiny", "--target", "onnx", "--quant", "int4", "--no-validate", "--out", str(out),
+                    "--set", "onnx.lm_head_bits=4", "--set", "onnx.int4_eight_bit=[]")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "onnx-int4" / "manifest.json").read_text())
+    assert manifest["quant"]["options"] == {"lm_head_bits": 4, "int4_eight_bit": []}
+    quant = manifest["target_info"]["quant"]
+    assert quant["embedding"].startswith("int4") and not any(k.startswith("int8") for k in quant["matmul_weights"])
 
 
 def test_corrupt_model_file(tmp_path):

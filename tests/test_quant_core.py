@@ -8,6 +8,7 @@ import torch
 from smolship.exporter.calibration import HELD_OUT_DOCS, calibration_set, held_out_docs
 from smolship.quant import affine_minmax, affine_search, blocks_of, collect, gptq, symmetric_search
 from smolship.quant.grids import Grid
+from smolship.quant.rules import Rule
 from smolship.evalset import load_eval
 
 DEFAULT_EVAL_TOKENS = 4096  # the CLI's --eval-tokens default (cli/common.py)
@@ -194,12 +195,12 @@ def _target_lookup(target: str):
     """(rules [(regex, tag)] -> name -> tag) through each target's own plan type."""
     if target == "onnx":
         from smolship.targets.onnx.blockquant import BlockQuant
-        from smolship.targets.onnx.quantize import QuantPlan, QuantRule
+        from smolship.targets.onnx.quantize import QuantPlan
 
         cfgs = {}
 
         def lookup(rules, name):
-            plan = QuantPlan(rules=tuple(QuantRule(p, cfgs.setdefault(t, BlockQuant(4, 16 * (i + 1))))
+            plan = QuantPlan(rules=tuple(Rule(p, cfgs.setdefault(t, BlockQuant(4, 16 * (i + 1))))
                                          for i, (p, t) in enumerate(rules)))
             found = plan.config_for(name)
             return next((t for t, c in cfgs.items() if c == found), None)
@@ -210,14 +211,14 @@ def _target_lookup(target: str):
         from smolship.targets.executorch import quantize as Q
 
         def lookup(rules, name):
-            plan = Q.QuantPlan(rules=tuple((p, replace(Q.W8DA4, name=t)) for p, t in rules))
+            plan = Q.QuantPlan(rules=tuple(Rule(p, replace(Q.W8DA4, name=t)) for p, t in rules))
             found = plan.scheme_for(name)
             return found.name if found else None
         return lookup
-    coreml = pytest.importorskip("smolship.targets.coreml.compress")
+    coreml = pytest.importorskip("smolship.targets.coreml.recipes")
 
     def lookup(rules, name):
-        plan = coreml.Plan(None, None, tuple((p, coreml.Affine(4, 16 * (i + 1))) for i, (p, _) in enumerate(rules)))
+        plan = coreml.Plan(None, None, tuple(Rule(p, coreml.Affine(4, 16 * (i + 1))) for i, (p, _) in enumerate(rules)))
         found = plan.scheme_for(name, "linear")
         return None if found is None else rules[found.block // 16 - 1][1]
     return lookup

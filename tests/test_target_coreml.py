@@ -24,10 +24,10 @@ from smolship.export import export_bundle
 from smolship.targets import ExportOptions, get_target
 from smolship.targets.coreml import convention as cv
 from smolship.targets.coreml import readback
-from smolship.targets.coreml.compress import asymmetric_blocks
-from smolship.targets.coreml.convert import trace
+from smolship.targets.coreml.quantize import asymmetric_blocks
+from smolship.targets.coreml.export import trace
 from smolship.targets.coreml.graph_runner import GraphRunner
-from smolship.targets.coreml.target import expected_compression
+from smolship.targets.coreml.recipes import expected_compression
 from smolship.validation.weight_parity import weight_parity
 from smolship.validation.parity import measure_parity
 

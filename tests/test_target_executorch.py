@@ -236,7 +236,7 @@ def test_export_forward_equals_the_model_it_wraps(tiny_model, recipe):
 
 
 def test_matmul_left_outside_xnnpack_fails_the_export():
-    from smolship.targets.executorch.lower import check_delegated
+    from smolship.targets.executorch.export import check_delegated
 
     check_delegated({"non_delegated_op_types": {"custom_sdpa": 30, "update_cache": 60}})
     with pytest.raises(RuntimeError, match="linear"):

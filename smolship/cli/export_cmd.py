@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +34,47 @@ def plan(targets: list[str], quant: str | None) -> list[tuple[str, object]]:
     return pairs
 
 
+def target_options(settings: list[str], targets: list[str]) -> dict[str, dict]:
+    """``--set onnx.int4_method=offset-gptq`` -> {"onnx": {"int4_method": "offset-gptq"}}; VALUE is read as
+    JSON when it parses (64, true, ["a", "b"]) and as text otherwise. Each target's knobs dataclass checks
+    its set here, before any work."""
+    from smolship.targets.knobs import parse
+
+    extras: dict[str, dict] = {}
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        name, dot, knob_name = key.partition(".")
+        if not sep or not dot or not name or not knob_name:
+            raise SmolshipError(f"--set '{item}' is not TARGET.OPTION=VALUE.",
+                                "Write it like --set onnx.int4_method=offset-gptq; `smolship export --options` lists them.")
+        if name not in targets:
+            raise SmolshipError(f"--set '{item}' is for the {name} target, which this export does not run "
+                                f"({', '.join(targets)}).", f"Add --target {name}, or drop this --set.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        extras.setdefault(name, {})[knob_name] = value
+    for name, extra in extras.items():
+        parse(get_target(name).knobs, extra, name)
+    return extras
+
+
+def print_options() -> None:
+    """Every target's --set options: name, default, what it does."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from smolship.targets.knobs import describe
+
+    table = Table("option", "default", "what it does", title="smolship export --set TARGET.OPTION=VALUE",
+                  title_justify="left")
+    for name in TARGET_NAMES:
+        for knob_name, default, help_text in describe(get_target(name).knobs):
+            table.add_row(f"{name}.{knob_name}", escape(default), escape(help_text))
+    out_console.print(table)
+
+
 def remove_if_only_logs(out: Path, existed: bool) -> None:
     """A failed export into a new folder leaves nothing behind, not even its library logs."""
     if existed or not out.is_dir():
@@ -58,10 +101,16 @@ def export(
     eval_tokens: Optional[int] = EvalTokensOpt,
     threads: Optional[int] = ThreadsOpt,
     json_out: bool = JsonOpt,
+    settings_: list[str] = typer.Option([], "--set", help="A target option, TARGET.OPTION=VALUE (repeatable); "
+                                        "--options lists them."),
+    options_list: bool = typer.Option(False, "--options", help="List every target's --set options and exit."),
 ):
     """Export MODEL to one bundle per target and recipe, each validated in its real runtime."""
     from smolship.export_matrix import TargetJob, run_jobs, run_target_job
 
+    if options_list:
+        print_options()
+        return
     targets = list(TARGET_NAMES) if target == "all" else [target]
     if max_kld is not None and quant is not None:
         raise SmolshipError("--max-kld picks the recipe itself, so it cannot be combined with --quant.",
@@ -70,6 +119,7 @@ def export(
         raise SmolshipError("--max-kld needs measured parity, but --no-validate turns measurement off.",
                             "Drop --no-validate (or drop --max-kld).")
     pairs = plan(targets, quant)
+    extras = target_options(settings_, targets)
     # numeric options and memory, before any work (issue 17; smolship/preflight.py)
     from smolship.preflight import check_export
 
@@ -89,7 +139,8 @@ def export(
         settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None,
                                       latency=LatencySettings(threads=threads))
     options = ExportOptions(max_seq_len=max_seq_len, keep_embeddings_fp=keep_embeddings_fp)
-    job_list = [TargetJob(model, t, [r.name for n, r in pairs if n == t], out, options, settings, force, max_kld,
+    job_list = [TargetJob(model, t, [r.name for n, r in pairs if n == t], out, replace(options, extra=extras.get(t, {})),
+                          settings, force, max_kld,
                           show_progress=not json_out) for t in targets if any(n == t for n, _ in pairs)]
     t0 = time.perf_counter()
     try:

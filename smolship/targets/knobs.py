@@ -43,8 +43,9 @@ def _coerce(value, hint, name: str, target: str):
             return base(value)
         if base is dict and isinstance(value, dict):
             return dict(value)
-    raise SmolshipError(f"{target} option {name}={value!r} has the wrong type (expected {hint}).",
-                        f"Give {name} as {hint}.")
+    kind = hint.__name__ if isinstance(hint, type) else str(hint)  # int, or "int | None"
+    raise SmolshipError(f"{target} option {name}={value!r} has the wrong type (expected {kind}).",
+                        f"Give {name} as {kind}.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The Core ML target: stateful iOS18 mlprogram in swift-transformers' convention, four recipes.
 
-export = convert (fp16, convert.py) -> compress (compress.py) -> metadata -> save model.mlpackage
+export = convert (fp16, export.py) -> compress (quantize.py, as recipes.py plans) -> metadata -> save model.mlpackage
 -> read the saved package back and check its structure (readback.py). The fp16 conversion of one
 source is kept for the next recipe of the same export run, so `--target coreml` with the default
 recipes traces and converts once. Validation runs the real runtime on macOS 15+ (runner.py) and,
@@ -16,7 +16,6 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import coremltools as ct
@@ -24,60 +23,21 @@ import torch
 
 from smolship.errors import SmolshipError
 from smolship.exporter import calibration
-from smolship.quant.mixed import eight_bit_patterns
 from smolship.runner import Runner
 from smolship.targets.base import (
     ExportOptions,
     ExportResult,
-    Precision,
     Progress,
     Recipe,
     Target,
     no_progress,
 )
 from smolship.targets.coreml import readback
-from smolship.targets.coreml.compress import EIGHT_BIT, PLANS, Affine, Plan, compress, described_scheme
-from smolship.targets.coreml.convert import convert, describe
-from smolship.targets.coreml.naming import weight_class
+from smolship.targets.coreml.export import convert, describe
+from smolship.targets.coreml.quantize import compress
+from smolship.targets.coreml.recipes import RECIPES, CoreMLKnobs, expected_compression, plan_for
 from smolship.targets.coreml.runner import CoreMLRunner, runtime_unavailable_reason
 from smolship.targets.coreml.reproducible import pin_package, reset_op_names
-from smolship.targets.knobs import knob, parse
-
-RECIPES = (
-    Recipe("fp16", Precision.FP16, "fp16 weights and compute"),
-    Recipe("w8", Precision.INT8, "int8 per-channel linears, int8 per-block-32 embedding/lm_head"),
-    Recipe("w4", Precision.INT4, "uint4 per-block-32 with fp16 offsets (importance-searched), first/last layers and "
-                                 "o_proj as uint8 blocks, int8 embedding/lm_head"),
-    Recipe("pal4", Precision.INT4, "4-bit k-means palettes per 16 output channels, int8 embedding/lm_head (slow)"),
-)
-
-
-@dataclass(frozen=True)
-class CoreMLKnobs:
-    """ExportOptions.extra for the Core ML target (checked by targets.knobs.parse before any work)."""
-
-    eight_bit: list | None = knob(None, "regexes of layer weights (state-dict names) stored as uint8 blocks "
-                                 "(default: the w4 recipe's own list)")
-    grid_search: bool | None = knob(None, "4-bit blocks: importance-weighted search of each block's range on held-out text (w4 default: on)")
-
-
-def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> Plan:
-    plan = PLANS[recipe.name]
-    k = parse(CoreMLKnobs, options.extra, "coreml")
-    eight_bit = k.eight_bit
-    if eight_bit is None and recipe.name == "w4":
-        eight_bit = eight_bit_patterns(num_layers, "state_dict")
-    if eight_bit:
-        plan = replace(plan, rules=tuple((p, EIGHT_BIT) for p in eight_bit))
-    if k.grid_search is not None and isinstance(plan.linear, Affine) and not plan.linear.symmetric:
-        plan = replace(plan, linear=replace(plan.linear, search=k.grid_search))
-    return plan.without_embedding() if options.keep_embeddings_fp else plan
-
-
-def expected_compression(plan_info: dict, params) -> dict[str, str]:
-    """{param: scheme} that the recorded plan (manifest target_info['plan']) compresses."""
-    return {p: text for p in params if (cls := weight_class(p)) and (text := described_scheme(plan_info, p, cls))}
-
 
 def hf_config(source) -> dict:
     """config.json beside the package: swift-transformers reads model type and bos/eos ids from it."""

@@ -72,7 +72,7 @@ class WholeLinearPartitioner(XnnpackPartitioner):
     ``run_decompositions`` retraces of the program instead of one (measured: 43% of the lowering
     time of the default model's 8da4w program). Every linear in our graphs is one XNNPACK takes
     (fp32, dynamically quantized, or weight-only int8 via `WeightOnlyLinearConfig`), so the check
-    would keep them all anyway; `lower.check_delegated` fails the export if one was left out.
+    would keep them all anyway; `export.check_delegated` fails the export if one was left out.
     """
 
     def ops_to_not_decompose(self, ep):

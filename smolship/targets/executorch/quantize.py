@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from smolship.quant.gptq import gptq
-from smolship.quant.rules import first_match
+from smolship.quant.rules import Rule, first_match
 from smolship.quant.grids import Grid, affine_minmax, affine_search, blocks_of, round_bf16, symmetric_search
 
 BF16_EPS = 2.0 ** -8
@@ -100,9 +100,9 @@ EMB4 = EmbeddingScheme(bits=4, group_size=64, asymmetric=True)
 
 @dataclass(frozen=True)
 class QuantPlan:
-    """rules: (regex on the linear's name, scheme or None = keep fp32); first match wins."""
+    """rules: `Rule` (regex on the linear's name, a LinearScheme or None = keep fp32); first match wins."""
 
-    rules: tuple[tuple[str, LinearScheme | None], ...] = ()
+    rules: tuple[Rule, ...] = ()
     embedding: EmbeddingScheme | None = None
     smooth_alpha: float | None = None  # SmoothQuant folded into the norms before int8 dynamic activations
     notes: dict = field(default_factory=dict)

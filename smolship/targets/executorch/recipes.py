@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from smolship.errors import SmolshipError
-from smolship.quant.rules import bad_patterns
+from smolship.quant.rules import Rule, bad_patterns
 from smolship.targets.base import ExportOptions, Precision, Recipe
 from smolship.targets.executorch import quantize as Q
 from smolship.targets.knobs import knob, parse
@@ -55,10 +55,10 @@ RECIPES = {
 # In executorch.runtime (benchmarks/offgrid_matrix.py, 2,048 tokens): off-grid 109.2 MB, kld 0.134, top-1 0.79.
 PLANS = {
     "fp32": Q.QuantPlan(),
-    "8da8w": Q.QuantPlan(rules=(("lm_head", Q.W8X2), (r".*\.(v_proj|o_proj|down_proj)", Q.W8_OFF),
-                                (r".*", Q.W8DA8_OFF)), embedding=Q.EMB8, smooth_alpha=0.5),
-    "8da4w": Q.QuantPlan(rules=(("lm_head", Q.W8DA8_RTN), (r".*", Q.W8DA4_SEARCH)), embedding=Q.EMB4),
-    "int8": Q.QuantPlan(rules=(("lm_head", Q.W8X2), (r".*", Q.W8)), embedding=Q.EMB8),
+    "8da8w": Q.QuantPlan(rules=(Rule("lm_head", Q.W8X2), Rule(r".*\.(v_proj|o_proj|down_proj)", Q.W8_OFF),
+                                Rule(r".*", Q.W8DA8_OFF)), embedding=Q.EMB8, smooth_alpha=0.5),
+    "8da4w": Q.QuantPlan(rules=(Rule("lm_head", Q.W8DA8_RTN), Rule(r".*", Q.W8DA4_SEARCH)), embedding=Q.EMB4),
+    "int8": Q.QuantPlan(rules=(Rule("lm_head", Q.W8X2), Rule(r".*", Q.W8)), embedding=Q.EMB8),
 }
 
 DEFAULT_MAX_PREFILL = 256
@@ -100,17 +100,17 @@ def plan_for(recipe: Recipe, options: ExportOptions) -> Q.QuantPlan:
     plan = PLANS[recipe.name]
     rules, embedding = list(plan.rules), plan.embedding
     if k.group_size is not None:
-        rules = [(p, replace(s, group_size=k.group_size) if s and s.bits == 4 else s) for p, s in rules]
+        rules = [Rule(p, replace(s, group_size=k.group_size) if s and s.bits == 4 else s) for p, s in rules]
     if k.embedding_bits is not None and embedding is not None:
         embedding = Q.EMB8 if k.embedding_bits == 8 else Q.EMB4
     if bad := bad_patterns(k.rules):
         raise SmolshipError(f"executorch rules: invalid regular expression {', '.join(bad)}.",
                             "Pass [[regex, scheme], ...] with regexes that fullmatch linear names, e.g. 'layers\\.0\\..*'.")
-    user = [(p, scheme_named(s)) for p, s in k.rules]
+    user = [Rule(p, scheme_named(s)) for p, s in k.rules]
     if k.lm_head is not None:
-        user.append(("lm_head", scheme_named(k.lm_head)))
+        user.append(Rule("lm_head", scheme_named(k.lm_head)))
     if options.keep_embeddings_fp:
-        user.insert(0, ("lm_head", None))
+        user.insert(0, Rule("lm_head", None))
         embedding = None
     alpha = plan.smooth_alpha if k.smooth_alpha is None else (k.smooth_alpha or None)
     return replace(plan, rules=tuple(user + rules), embedding=embedding, smooth_alpha=alpha)

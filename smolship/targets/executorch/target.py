@@ -2,7 +2,7 @@
 
 Chain (each step its own module): swap attention onto ExecuTorch's custom ops (ops.py) ->
 quantize by plan (quantize.py) -> torch.export with a dynamic token dimension -> XNNPACK lowering
-and serialization (lower.py, partition.py). The `.pte` carries the constant methods ExecuTorch's
+and serialization (export.py, partition.py). The `.pte` carries the constant methods ExecuTorch's
 LLM runner reads, so it runs in the Android / iOS demo apps with the bundle's tokenizer.json.
 
 Recipes, their plans and the typed knobs (`ExecuTorchKnobs`, checked before any work): recipes.py.
@@ -71,7 +71,7 @@ class ExecuTorchTarget(Target):
 
     def export(self, model, recipe: Recipe, out_dir: Path, options: ExportOptions,
                progress: Progress = no_progress) -> ExportResult:
-        from smolship.targets.executorch import lower
+        from smolship.targets.executorch import export as lowering
         from smolship.targets.executorch.ops import ExportLlama
 
         check_options(model, options)
@@ -86,16 +86,16 @@ class ExecuTorchTarget(Target):
         t_quant = time.perf_counter()
         progress("torch.export", 0.25)
         prefill_len = max_prefill_len(options)
-        ep = lower.export_graph(ExportLlama(llama), prefill_len)
+        ep = lowering.export_graph(ExportLlama(llama), prefill_len)
         t_export = time.perf_counter()
         progress("lowering to XNNPACK", 0.45)
-        methods = lower.constant_methods(model.tokenizer, model.config.vocab_size, options.max_seq_len, prefill_len)
-        edge = lower.lower_to_xnnpack(ep, methods)
+        methods = lowering.constant_methods(model.tokenizer, model.config.vocab_size, options.max_seq_len, prefill_len)
+        edge = lowering.lower_to_xnnpack(ep, methods)
         t_lower = time.perf_counter()
         progress("serializing", 0.85)
-        data, program = lower.to_pte_bytes(edge)
-        delegation = lower.op_counts(program)
-        lower.check_delegated(delegation)
+        data, program = lowering.to_pte_bytes(edge)
+        delegation = lowering.op_counts(program)
+        lowering.check_delegated(delegation)
         (Path(out_dir) / MODEL_FILE).write_bytes(data)
         t_end = time.perf_counter()
         info = {

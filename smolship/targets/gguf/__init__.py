@@ -2,7 +2,7 @@
 validated by running the file in llama.cpp (llama-cpp-python).
 
 Modules: recipes (the --quant table), plan (per-tensor types, lossless copies), metadata (llama.*,
-tokenizer, general.*), writer (gguf-py), imatrix (importance matrix from the reference), quantize
+tokenizer, general.*), export (gguf-py writing), imatrix (importance matrix from the reference), quantize
 (llama.cpp C API), runner (llama.cpp KV-cache loop), target (the chain). Importing this package does
 not import llama_cpp; `target` does.
 """

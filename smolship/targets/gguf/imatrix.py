@@ -3,7 +3,8 @@
 llama.cpp's imatrix is, per weight matrix, the mean over calibration tokens of the squared input
 activation of each column (``E[x_j^2]``, one value per input feature); its quantizers then minimise
 ``sum_j E[x_j^2] (w_j - q_j)^2`` instead of plain rounding error. The same numbers come from forward
-pre-hooks on the reference model's linears, so no llama.cpp `imatrix` run is needed. The values do not
+pre-hooks on the reference model's linears (the shared collector, `quant.stats.collect`), so no llama.cpp
+`imatrix` run is needed. The values do not
 depend on Q/K row permutation (they index input columns, not rows).
 """
 
@@ -15,6 +16,7 @@ import torch
 from smolship.errors import SmolshipError
 from smolship.exporter.model import CacheMode
 from smolship.exporter.naming import ours_to_gguf
+from smolship.quant.stats import collect
 
 CHUNK = 512  # tokens per reference forward, as llama.cpp's imatrix tool uses
 DEFAULT_TOKENS = 2048  # 1024 to 8192 gave the same kld_mean on the 135M (0.035-0.037, within noise)
@@ -35,43 +37,15 @@ def calibration_chunks(source, text: str | None, max_tokens: int = DEFAULT_TOKEN
 
 
 def importance_matrix(source, chunks: list[list[int]]) -> dict[str, np.ndarray]:
-    """GGUF tensor name -> float32 [in_features] mean squared input activation.
-
-    Runs on one torch thread: on a busy 2-core machine two spinning OpenMP threads made this 18x
-    slower (107 s vs 6 s measured for the same 800 tokens), on an idle one they save under half."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _importance_matrix(source, chunks)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@torch.inference_mode()
-def _importance_matrix(source, chunks: list[list[int]]) -> dict[str, np.ndarray]:
-    longest = max(len(c) for c in chunks)
-    model = source.build(max_seq_len=longest, cache_mode=CacheMode.BUFFERS)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    hooks = []
-
-    def hook_for(name: str):
-        def hook(_module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()  # (tokens, in)
-            sums[name] = sums.get(name, 0) + x.pow(2).sum(0)
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return hook
-
+    """GGUF tensor name -> float32 [in_features] mean squared input activation, from the shared collector
+    (quant.stats.collect, on one torch thread: on a busy 2-core machine two spinning OpenMP threads made this
+    18x slower, 107 s vs 6 s for the same 800 tokens)."""
+    model = source.build(max_seq_len=max(len(c) for c in chunks), cache_mode=CacheMode.BUFFERS)
+    inputs = {}
     for ours, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             key = f"{ours}.weight"
             if key == "lm_head.weight" and source.config.tie_word_embeddings:
                 key = "embed_tokens.weight"  # llama.cpp records the tied lm_head under token_embd
-            hooks.append(module.register_forward_pre_hook(hook_for(ours_to_gguf(key))))
-    try:
-        for ids in chunks:
-            model(torch.tensor([ids], dtype=torch.int64), torch.tensor([0]))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: (s / counts[name]).float().numpy() for name, s in sums.items()}
+            inputs[ours_to_gguf(key)] = ours
+    return {name: v.numpy() for name, v in collect(model, chunks, inputs).importance.items()}

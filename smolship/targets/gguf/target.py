@@ -1,6 +1,6 @@
 """The GGUF target: one llama.cpp-ready `model.gguf` per recipe, validated inside llama.cpp itself.
 
-The chain: check the source -> plan each tensor's type (plan.py) -> write with gguf-py (writer.py),
+The chain: check the source -> plan each tensor's type (plan.py) -> write with gguf-py (export.py),
 either the final file (float and 32-block types) or an intermediate that llama.cpp's own quantizer
 turns into a k-quant mixture (quantize.py, with an importance matrix from imatrix.py).
 
@@ -24,7 +24,7 @@ from smolship.targets.gguf.plan import embedding_type, llama_cpp_overrides, plan
 from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFKnobs, GGUFRecipe, Quantizer
 from smolship.targets.gguf.runner import LlamaCppRunner
-from smolship.targets.gguf.writer import write_gguf
+from smolship.targets.gguf.export import write_gguf
 from smolship.targets.knobs import parse
 
 MODEL_FILE = "model.gguf"

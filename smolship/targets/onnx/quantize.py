@@ -1,7 +1,7 @@
 """Rewrite a float decoder graph into block-quantized weights by a small rule table.
 
 `QuantPlan.rules` map weight names (regex, first match wins) to a `BlockQuant` or None (keep float),
-in the spirit of ExecuTorch's QuantRule. Every MatMul whose B is a 2-D float initializer is looked up;
+(`quant.rules.Rule`, one rule type for every target). Every MatMul whose B is a 2-D float initializer is looked up;
 the token embedding's Gather follows `QuantPlan.embedding`. When the embedding is tied to the lm_head
 and both get the same config, the Gather reads the lm_head's quantized bytes: one 8-bit copy serves both,
 and a decode step gathers one quantized row instead of dequantizing the table.
@@ -31,21 +31,15 @@ import torch
 from smolship.targets.onnx.blockquant import BlockQuant, Quantized, quantize_matrix, quantize_weight
 from smolship.exporter.calibration import Calibration
 from smolship.targets.onnx.graph_edit import constant, splice
-from smolship.quant.rules import first_match
+from smolship.quant.rules import Rule, first_match
 
 MS_DOMAIN = "com.microsoft"
 EMBEDDING = "embed_tokens"
 
 
 @dataclass(frozen=True)
-class QuantRule:
-    pattern: str
-    config: BlockQuant | None
-
-
-@dataclass(frozen=True)
 class QuantPlan:
-    rules: tuple[QuantRule, ...]
+    rules: tuple[Rule, ...]  # scheme: a BlockQuant or None
     embedding: BlockQuant | None = None
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations (the fast CPU kernel)
     standard_ops: bool = True  # DequantizeLinear + MatMul (fused to MatMulNBits by native ORT); False: contrib ops
@@ -54,11 +48,11 @@ class QuantPlan:
     narrower: BlockQuant | None = None
 
     def config_for(self, name: str) -> BlockQuant | None:
-        return first_match(((r.pattern, r.config) for r in self.rules), name, None)
+        return first_match(self.rules, name, None)
 
     def needs_calibration(self) -> tuple[bool, bool]:
         """(importance, hessian) needed by any rule."""
-        needs = [r.config.needs for r in self.rules if r.config is not None]
+        needs = [r.scheme.needs for r in self.rules if r.scheme is not None]
         return any(i for i, _ in needs), any(h for _, h in needs)
 
 

@@ -53,11 +53,11 @@ from dataclasses import dataclass
 
 from smolship.errors import SmolshipError
 from smolship.quant.mixed import eight_bit_patterns
-from smolship.quant.rules import bad_patterns
+from smolship.quant.rules import Rule, bad_patterns
 from smolship.targets.base import ExportOptions, Precision, Recipe
 from smolship.targets.knobs import knob, parse
 from smolship.targets.onnx.blockquant import BlockQuant
-from smolship.targets.onnx.quantize import QuantPlan, QuantRule
+from smolship.targets.onnx.quantize import QuantPlan
 
 RECIPES: dict[str, Recipe] = {
     "fp32": Recipe("fp32", Precision.FP32, "float32 weights and KV cache; fused ORT kernels"),
@@ -117,9 +117,9 @@ def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipeP
         if bad := bad_patterns((p, None) for p in eight_bit):
             raise SmolshipError(f"onnx int4_eight_bit: invalid regular expression {', '.join(bad)}.",
                                 "Pass regexes that fullmatch fused weight names, e.g. 'layers\\.0\\..*'.")
-    rules = (QuantRule(r"lm_head", head),
-             *(QuantRule(p, INT4_EIGHT_BIT_LAYERS) for p in eight_bit),
-             QuantRule(r"layers\.\d+\.\w+", layers))
+    rules = (Rule(r"lm_head", head),
+             *(Rule(p, INT4_EIGHT_BIT_LAYERS) for p in eight_bit),
+             Rule(r"layers\.\d+\.\w+", layers))
     # int8: activation rounding dominates its error, so smooth; int4 keeps the Q4_1 grid intact instead
     alpha = k.smooth_alpha if k.smooth_alpha is not None else (INT8_SMOOTH_ALPHA if recipe.name == "int8" else None)
     # DequantizeLinear + MatMul (fused to MatMulNBits at load, foldable to fp32 in the browser) unless the

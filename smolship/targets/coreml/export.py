@@ -5,7 +5,7 @@ The chain: exporter.model.Llama at ``max_seq_len`` holding the source's own tens
 ``torch.jit.trace`` with a 2-token query after 3 past tokens -> ``ct.convert`` with
 ``inputIds [1, q]`` and ``causalMask [1, 1, m, past+q]`` (q, m and past+q each a RangeDim 1..max_seq_len:
 swift-transformers sends m = 1 with the whole prompt, see stateful.py), so one model serves prefill and decode, the two caches as fp16 ``ct.StateType`` states, and fp16
-compute. Compression (compress.py) happens afterwards on the MIL program.
+compute. Compression (quantize.py) happens afterwards on the MIL program.
 """
 
 from __future__ import annotations
