@@ -61,11 +61,6 @@ def held_out_docs(tokenizer, doc_tokens: int = 256):
     return load_eval(tokenizer, max_doc_tokens=doc_tokens)[-HELD_OUT_DOCS:]
 
 
-def calibration_ids(source, text: str | None, max_tokens: int, doc_tokens: int = 256) -> list[list[int]]:
-    """The sequences of `calibration_set` (kept for callers that need no record)."""
-    return calibration_set(source, text, max_tokens, doc_tokens).sequences
-
-
 # a layer's weights (HF names) -> the fused ONNX graph weight that holds them, whose input `collect` measures
 FUSED_OF = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
              "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -144,7 +143,3 @@ def latency_in_worker(what: str, settings: LatencySettings = LatencySettings(), 
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["threads"] = settings.threads or os.cpu_count()
     return result
-
-
-def reference_label(path: str | Path) -> str:
-    return f"reference:{path}"
