@@ -121,11 +121,11 @@ class Cache(Protocol):
 
 
 class KVBuffers(nn.Module):
-    """One layer's fixed-size K/V buffers ``[1, n_kv, max_seq, hd]``, updated in place (gpt-fast's KVCache)."""
+    """One layer's fixed-size K/V buffers, updated in place (gpt-fast's KVCache): ``[1, n_kv, max_seq, hd]``
+    here; a runtime's cache may lay them out otherwise (ExecuTorch: sequence in dim 1)."""
 
-    def __init__(self, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype=torch.float32):
+    def __init__(self, shape: tuple[int, ...], dtype=torch.float32):
         super().__init__()
-        shape = (1, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
 
@@ -250,8 +250,8 @@ class Llama(nn.Module):
         if self.cache_mode is CacheMode.BUFFERS:
             causal = torch.tril(torch.ones(max_seq_len, max_seq_len, dtype=torch.bool))
             self.register_buffer("causal_mask", causal, persistent=False)
-            self.kv_buffers = nn.ModuleList(KVBuffers(cfg.num_kv_heads, max_seq_len, cfg.head_dim)
-                                            for _ in range(cfg.num_layers))
+            shape = (1, cfg.num_kv_heads, max_seq_len, cfg.head_dim)
+            self.kv_buffers = nn.ModuleList(KVBuffers(shape) for _ in range(cfg.num_layers))
 
     @classmethod
     def with_weights(cls, cfg: LlamaConfig, state_dict: dict[str, Tensor], max_seq_len: int = 2048,

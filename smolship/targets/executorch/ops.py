@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smolship.exporter.model import MLP, Attention, Llama, RMSNorm, Rotary
+from smolship.exporter.model import MLP, Attention, KVBuffers, Llama, RMSNorm, Rotary
 from smolship.targets.executorch.quantize import apply_all, concat_outputs, mean_row
 
 
@@ -80,18 +80,8 @@ def rotate_half_matrix(head_dim: int) -> Tensor:
     return r.t().contiguous()
 
 
-class SeqMajorKVCache(nn.Module):
-    """K/V buffers ``[1, max_seq, n_kv, hd]`` (sequence in dim 1, the layout the custom ops use)."""
-
-    def __init__(self, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype=torch.float32):
-        super().__init__()
-        shape = (1, max_seq_len, n_kv_heads, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
-
-
 class CustomOpCache:
-    """Each layer's `SeqMajorKVCache` written by ``llama::update_cache`` at ``start_pos`` and read by
+    """Each layer's `KVBuffers` ``[1, max_seq, n_kv, hd]`` (sequence in dim 1) written by ``llama::update_cache`` at ``start_pos`` and read by
     ``llama::custom_sdpa`` (causal from ``start_pos``: no mask tensor)."""
 
     def __init__(self, model: Llama, start_pos, rotary: Rotary):
@@ -109,7 +99,7 @@ class CustomOpCache:
 class FusedQKVAttention(Attention):
     """`Attention` whose projection shares work between q, k and v: one matmul (`fuse_qkv`) with RoPE on
     all heads at once (the rotary's tables are the identity on the v heads), or `apply_all` (one
-    block-mean computation for the three). It holds its layer's `SeqMajorKVCache` (`kv_cache`)."""
+    block-mean computation for the three). It holds its layer's seq-major `KVBuffers` (`kv_cache`)."""
 
     @classmethod
     def from_attention(cls, attn: Attention, max_seq_len: int) -> "FusedQKVAttention":
@@ -118,7 +108,7 @@ class FusedQKVAttention(Attention):
         new.layer, new.n_heads, new.n_kv_heads, new.head_dim = attn.layer, attn.n_heads, attn.n_kv_heads, attn.head_dim
         new.q_proj, new.k_proj, new.v_proj, new.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         new.qkv_proj = None
-        new.kv_cache = SeqMajorKVCache(attn.n_kv_heads, max_seq_len, attn.head_dim)
+        new.kv_cache = KVBuffers((1, max_seq_len, attn.n_kv_heads, attn.head_dim))  # sequence in dim 1
         return new
 
     def fuse_qkv(self, qkv: nn.Module) -> None:
