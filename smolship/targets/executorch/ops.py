@@ -81,8 +81,9 @@ def rotate_half_matrix(head_dim: int) -> Tensor:
 
 
 class CustomOpCache:
-    """Each layer's `KVBuffers` ``[1, max_seq, n_kv, hd]`` (sequence in dim 1) written by ``llama::update_cache`` at ``start_pos`` and read by
-    ``llama::custom_sdpa`` (causal from ``start_pos``: no mask tensor)."""
+    """Each layer's `KVBuffers` ``[1, max_seq, n_kv, hd]`` (sequence in dim 1), written by
+    ``llama::update_cache`` at ``start_pos`` and read by ``llama::custom_sdpa`` (causal from
+    ``start_pos``: no mask tensor)."""
 
     def __init__(self, model: Llama, start_pos, rotary: Rotary):
         self.buffers = [layer.self_attn.kv_cache for layer in model.layers]
