@@ -90,6 +90,7 @@ def export_onnx(source, graph: str = "fused", max_seq_len: int = 2048, dtype: to
         _rename_initializers(model, weight_name)
     _name_initializers(model)
     _name_present_dims(model)
+    _drop_exporter_metadata(model)
     model.graph.name = f"smolship_{source.name}_{graph}"
     return model
 
@@ -120,6 +121,14 @@ def _name_initializers(model) -> None:
             w.name = path
             model.graph.register_initializer(w)
             taken.add(path)
+
+
+def _drop_exporter_metadata(model) -> None:
+    """torch.onnx annotates every node with its Python stack trace, module path and FX node (~150 KB on the
+    135M, absolute source paths included): debug data that made bundles differ between checkouts."""
+    for node in model.graph:
+        for key in [k for k in node.metadata_props if k == "namespace" or k.startswith("pkg.torch.onnx.")]:
+            del node.metadata_props[key]
 
 
 def _name_present_dims(model) -> None:
