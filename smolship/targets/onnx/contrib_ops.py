@@ -2,7 +2,7 @@
 
 ONNX Runtime runs a Llama layer fastest through three com.microsoft contrib operators:
 
-* ``GroupQueryAttention`` - packed QKV (or query, key, value) in, rotary embedding inside (``do_rotary=1``), grouped-query
+* ``GroupQueryAttention`` - packed QKV in, rotary embedding inside (``do_rotary=1``), grouped-query
   attention over a KV cache buffer that past and present *share* (sized max_seq_len, written in
   place at ``seqlens_k``), so decode copies nothing;
 * ``SkipSimplifiedLayerNormalization`` - residual add + RMSNorm in one kernel (output 0 = normed,
@@ -34,25 +34,20 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("smolship_ort::gqa", mutates_args=())
-def gqa(query: Tensor, key: Tensor | None, value: Tensor | None, past_k: Tensor, past_v: Tensor, seqlens_k: Tensor,
-        total_len: Tensor, cos_cache: Tensor, sin_cache: Tensor, num_heads: int,
-        kv_num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+def gqa(qkv: Tensor, past_k: Tensor, past_v: Tensor, seqlens_k: Tensor, total_len: Tensor,
+        cos_cache: Tensor, sin_cache: Tensor, num_heads: int, kv_num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """GroupQueryAttention with a shared KV buffer (batch 1, no padding).
 
-    query: (1, T, nh hd), key/value: (1, T, nkv hd), or query packed (1, T, (nh + 2 nkv) hd) with key and
-    value None (the kernel's packed-QKV form); past_k/v: (1, nkv, S_max, hd) with the first
-    ``total_len - T`` slots valid; returns attn (1, T, nh hd) and the buffers with the T new keys/values written in.
+    qkv: (1, T, (nh + 2 nkv) hd); past_k/v: (1, nkv, S_max, hd) with the first ``total_len - T``
+    slots valid; returns attn (1, T, nh hd) and the buffers with the T new keys/values written in.
     """
-    b, t, _ = query.shape
+    b, t, _ = qkv.shape
     hd = past_k.shape[-1]
     total = int(total_len)
     start = total - t
     assert b == 1 and total <= past_k.shape[2], f"shared-buffer GQA needs batch 1 and total {total} <= {past_k.shape[2]}"
     assert int(seqlens_k[0]) == total - 1, "seqlens_k must be total_sequence_length - 1 (no padding)"
-    if key is None:
-        q, k, v = query.split([num_heads * hd, kv_num_heads * hd, kv_num_heads * hd], dim=-1)
-    else:
-        q, k, v = query, key, value
+    q, k, v = qkv.split([num_heads * hd, kv_num_heads * hd, kv_num_heads * hd], dim=-1)
     q = q.view(b, t, num_heads, hd).transpose(1, 2)  # (B, nh, T, hd)
     k = k.view(b, t, kv_num_heads, hd).transpose(1, 2)  # (B, nkv, T, hd)
     v = v.view(b, t, kv_num_heads, hd).transpose(1, 2)
@@ -70,9 +65,9 @@ def gqa(query: Tensor, key: Tensor | None, value: Tensor | None, past_k: Tensor,
 
 
 @gqa.register_fake
-def _gqa_fake(query, key, value, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads, kv_num_heads):
-    b, t, _ = query.shape
-    return query.new_empty(b, t, num_heads * past_k.shape[-1]), torch.empty_like(past_k), torch.empty_like(past_v)
+def _gqa_fake(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads, kv_num_heads):
+    b, t, _ = qkv.shape
+    return qkv.new_empty(b, t, num_heads * past_k.shape[-1]), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
 @torch.library.custom_op("smolship_ort::skip_rms_norm", mutates_args=())
@@ -135,9 +130,8 @@ def translations() -> dict:
     register_onnx_schemas()
     ms = onnxscript.values.Opset(MS_DOMAIN, 1)
 
-    def gqa_onnx(query, key, value, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads: int,
-                 kv_num_heads: int):
-        return ms.GroupQueryAttention(query, key, value, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache,
+    def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache, num_heads: int, kv_num_heads: int):
+        return ms.GroupQueryAttention(qkv, None, None, past_k, past_v, seqlens_k, total_len, cos_cache, sin_cache,
                                       num_heads=num_heads, kv_num_heads=kv_num_heads, do_rotary=1, rotary_interleaved=0)
 
     def skip_rms_norm_onnx(x, skip, weight, eps: float):

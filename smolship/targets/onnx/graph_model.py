@@ -117,8 +117,8 @@ class PackedMLP(MLP):
 
 class GQACache:
     """GroupQueryAttention over genai's shared buffers ``[1, n_kv, max_seq, hd]`` (past in, present out);
-    the kernel applies RoPE (`rotary` None) and writes the new K/V at ``total - T``. It takes q/k/v
-    ``(B, T, heads, hd)`` or, as the kernel does, q packed ``(B, T, (nh + 2 nkv) hd)`` with k and v None."""
+    the kernel applies RoPE (`rotary` None) and writes the new K/V at ``total - T``. It takes the kernel's
+    packed form from `PackedAttention`: q is ``(B, T, (nh + 2 nkv) hd)``, k and v are None."""
 
     rotary = None
 
@@ -129,10 +129,10 @@ class GQACache:
         self.total_len = torch.zeros((), dtype=torch.int32) + attention_mask.shape[1]  # scalar
         self.presents: list[Tensor] = []
 
-    def attend(self, layer: int, q: Tensor, k: Tensor | None, v: Tensor | None) -> Tensor:
-        flat = (q.flatten(2), k.flatten(2), v.flatten(2)) if k is not None else (q, None, None)
+    def attend(self, layer: int, q: Tensor, k: None, v: None) -> Tensor:
+        assert k is None and v is None, "GQACache takes packed q/k/v (PackedAttention)"
         y, k_all, v_all = torch.ops.smolship_ort.gqa(
-            *flat, self.past[2 * layer], self.past[2 * layer + 1], self.seqlens_k,
+            q, self.past[2 * layer], self.past[2 * layer + 1], self.seqlens_k,
             self.total_len, self.cos_cache, self.sin_cache, self.cfg.num_heads, self.cfg.num_kv_heads)
         self.presents += [k_all, v_all]
         return y
