@@ -101,7 +101,7 @@ def main() -> None:
             e = exports[side, run]
             manifest = json.loads((work / side / e["bundle"] / "manifest.json").read_text())
             row[side] = {"size_mb": e["size_mb"], "kld_mean": e["kld_mean"], "top1_agreement": e["top1_agreement"],
-                         "decode_tok_s": decode_medians(benches[side, run]),
+                         "decode_tok_s": decode_medians(benches.get((side, run), [])),
                          "model_files": {f: manifest["files"][f]["sha256"] for f in manifest["files"]
                                          if f.split("/")[0] in manifest["model_files"]}}
         row["same_model_bytes"] = row["before"]["model_files"] == row["after"]["model_files"]
