@@ -116,6 +116,5 @@ def test_four_bit_default_holds_off_the_grid(target, offgrid_model, offgrid_vali
     if target == "onnx":  # off the grid, quant/mixed.py's rule holds: first/last layers and every o_proj at 8 bits
         quant = manifest["target_info"]["quant"]["matmul_weights"]
         assert quant.get("int8 b64 sym rtn") == 4 * 2 + 28 + 1 and quant.get("int4 b32 asym offset-search") == 4 * 28 - 28, quant
-    info = manifest["target_info"]  # calibration: held-out text, recorded (GGUF: its importance matrix's)
-    calibration = info.get("calibration") or {"text": info["imatrix"]["dataset"], "tokens": info["imatrix"]["tokens"]}
+    calibration = manifest["target_info"]["calibration"]  # held-out text, recorded
     assert "held-out" in calibration["text"] and calibration["tokens"] > 0

@@ -146,6 +146,7 @@ def test_k_quants_go_through_llama_cpp_with_imatrix(tiny_model, tmp_path):
     bundle, m = export(src, "q4_k_m", tmp_path / "km", validator=validator)
     info = m["target_info"]
     assert info["quantizer"] == "llama.cpp" and info["imatrix"]["entries"] == 2 * 7 + 1
+    assert "held-out" in info["calibration"]["text"] and info["calibration"]["tokens"] == info["imatrix"]["tokens"]
     types = {t.name: t.type for t in tensor_table(bundle / "model.gguf")}
     assert types["blk.0.attn_q.weight"] == types["blk.0.ffn_up.weight"] == "Q4_K"
     assert types["blk.1.ffn_down.weight"] == "Q6_K"  # llama.cpp's Q4_K_M: more bits for some ffn_down
@@ -155,7 +156,7 @@ def test_k_quants_go_through_llama_cpp_with_imatrix(tiny_model, tmp_path):
     assert f["general.file_type"] == 15 and f["quantize.imatrix.entries_count"] == 15
     assert m["validation"]["kld_mean"] < 0.05
     plain = export(src, "q4_k_m", tmp_path / "plain", ExportOptions(extra={"imatrix": False}), validator)[1]
-    assert plain["target_info"]["imatrix"] is None
+    assert plain["target_info"]["imatrix"] is None and "calibration" not in plain["target_info"]
     q6 = export(src, "q6_k", tmp_path / "q6", ExportOptions(keep_embeddings_fp=True), validator)[1]
     assert q6["target_info"]["tensor_types"]["F16"] == 1 and q6["validation"]["kld_mean"] < m["validation"]["kld_mean"]
 

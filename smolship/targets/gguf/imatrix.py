@@ -4,8 +4,7 @@ llama.cpp's imatrix is, per weight matrix, the mean over calibration tokens of t
 activation of each column (``E[x_j^2]``, one value per input feature); its quantizers then minimise
 ``sum_j E[x_j^2] (w_j - q_j)^2`` instead of plain rounding error. The same numbers come from forward
 pre-hooks on the reference model's linears (the shared collector, `quant.stats.collect`), so no llama.cpp
-`imatrix` run is needed. The values do not
-depend on Q/K row permutation (they index input columns, not rows).
+`imatrix` run is needed. The values do not depend on Q/K row permutation (they index input columns, not rows).
 """
 
 from __future__ import annotations
@@ -23,17 +22,16 @@ DEFAULT_TOKENS = 2048  # 1024 to 8192 gave the same kld_mean on the 135M (0.035-
 MIN_TOKENS = 64
 
 
-def calibration_chunks(source, text: str | None, max_tokens: int = DEFAULT_TOKENS) -> tuple[list[list[int]], str]:
-    """Token chunks to calibrate on and a label, by the one calibration policy
-    (exporter.calibration.calibration_set): `text` if given, else held-out eval documents."""
+def calibration_chunks(source, text: str | None, max_tokens: int = DEFAULT_TOKENS):
+    """Token chunks to calibrate on (a CalibrationSet: sequences and the record every manifest keeps), by the
+    one calibration policy (exporter.calibration.calibration_set): `text` if given, else held-out eval documents."""
     from smolship.exporter.calibration import calibration_set
 
     cal = calibration_set(source, text, max_tokens, doc_tokens=CHUNK)
     if cal.record["tokens"] < MIN_TOKENS:
         raise SmolshipError(f"The calibration text is {cal.record['tokens']} tokens; the importance matrix needs at least {MIN_TOKENS}.",
                             "Pass a longer ExportOptions.calibration_text, or none to use the built-in eval set.")
-    label = "calibration_text" if text else cal.record["text"]
-    return cal.sequences, label
+    return cal
 
 
 def importance_matrix(source, chunks: list[list[int]]) -> dict[str, np.ndarray]:

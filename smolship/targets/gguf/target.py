@@ -94,12 +94,13 @@ class GGUFTarget(Target):
     def _llama_cpp_export(self, model, grecipe: GGUFRecipe, plans, out_dir: Path, options: ExportOptions,
                           knobs: GGUFKnobs, progress: Progress) -> dict:
         inter = out_dir / INTERMEDIATE
-        imatrix, imatrix_info = None, None
+        imatrix, imatrix_info, calibration = None, None, {}
         if knobs.imatrix:
             progress("gguf: importance matrix", 0.0)
-            chunks, label = calibration_chunks(model, options.calibration_text,
-                                               knobs.imatrix_tokens or DEFAULT_TOKENS)
+            cal = calibration_chunks(model, options.calibration_text, knobs.imatrix_tokens or DEFAULT_TOKENS)
+            chunks, calibration = cal.sequences, {"calibration": cal.record}  # recorded as every target does
             imatrix = importance_matrix(model, chunks)
+            label = "calibration_text" if options.calibration_text else cal.record["text"]
             imatrix_info = {"dataset": label, "tokens": sum(map(len, chunks)), "entries": len(imatrix)}
         overrides, n_kept = llama_cpp_overrides(plans, grecipe, knobs)
         kv = {}
@@ -115,7 +116,7 @@ class GGUFTarget(Target):
                                  tensor_types=overrides, imatrix=imatrix, threads=knobs.threads)
         finally:
             inter.unlink(missing_ok=True)
-        return {"imatrix": imatrix_info, "source_blocks_kept": n_kept, "tensor_type_overrides": len(overrides),
+        return {"imatrix": imatrix_info, **calibration, "source_blocks_kept": n_kept, "tensor_type_overrides": len(overrides),
                 "llama_cpp_fallbacks": sum("falling back" in ln for ln in log)}
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> LlamaCppRunner:
