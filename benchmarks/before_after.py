@@ -26,14 +26,18 @@ from envelope import ROOT, envelope, write  # noqa: E402  (benchmarks/envelope.p
 SIDES = ("before", "after")
 
 
-def worktree(work: Path, side: str, rev: str) -> Path:
-    """A detached worktree of `rev` (reused when it is already there at that commit)."""
-    path = work / "trees" / side
-    commit = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def worktree(work: Path, side: str, rev: str) -> tuple[Path, str]:
+    """A detached worktree of `rev` and its commit (reused when it is already there at that commit)."""
+    path, commit = work / "trees" / side, git(ROOT, "rev-parse", rev)
     if not path.is_dir():
-        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(path), commit], cwd=ROOT, check=True,
-                       capture_output=True)
-    return path
+        git(ROOT, "worktree", "add", "--detach", "-f", str(path), commit)
+    elif git(path, "rev-parse", "HEAD") != commit:
+        raise SystemExit(f"{path} holds another commit than {rev}: remove it (git worktree remove) or use another --work")
+    return path, commit
 
 
 def cli(tree: Path | None, *args: str) -> dict:
@@ -77,7 +81,9 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    trees = {side: worktree(work, side, rev) for side, rev in zip(SIDES, (args.before, args.after))}
+    trees, commits = {}, {}
+    for side, rev in zip(SIDES, (args.before, args.after)):
+        trees[side], commits[side] = worktree(work, side, rev)
     exports = {}
     for run in args.runs:
         target, recipe = run.split(":")
@@ -109,8 +115,6 @@ def main() -> None:
         print(f"{run:<20} {row['before']['size_mb']:>8} -> {row['after']['size_mb']:<8} MB  kld "
               f"{row['before']['kld_mean']:.6g} -> {row['after']['kld_mean']:.6g}  decode "
               f"{row['before']['decode_tok_s']} -> {row['after']['decode_tok_s']}")
-    commits = {side: subprocess.run(["git", "rev-parse", "HEAD"], cwd=trees[side], capture_output=True,
-                                    text=True).stdout.strip() for side in SIDES}
     write(args.out, envelope("before_after.py", {"model": args.model or "default", "before": commits["before"],
                                                  "after": commits["after"],
                                                  "eval_tokens": args.eval_tokens, "rounds": args.rounds,

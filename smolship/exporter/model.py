@@ -173,6 +173,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, h, bias=False)
 
+    @classmethod
+    def like(cls, attn: "Attention") -> "Attention":
+        """A swap's start: this class with `attn`'s layer and head shape, and no projections yet."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.layer, new.n_heads, new.n_kv_heads, new.head_dim = attn.layer, attn.n_heads, attn.n_kv_heads, attn.head_dim
+        return new
+
     def project(self, x: Tensor, rotary: Rotary | None) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, T, nh, hd), k and v (B, T, n_kv, hd), q and k rotated when `rotary` is given.
         Swapped by runtimes that fuse the three matmuls. The token dim is -1: export keeps it symbolic."""

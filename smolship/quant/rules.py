@@ -1,10 +1,11 @@
 """Rule tables: which scheme a weight gets, by name. One matching rule for every target (issue 16).
 
-A table is a sequence of `Rule` ``(pattern, scheme)``; the first pattern that **fullmatches** the weight's name wins
-(ExecuTorch's QuantRule convention), and a scheme of None keeps the weight float. Every target's plan holds
-`Rule`s; each writes its patterns in its own weight naming (quant/mixed.py writes the shared 8-bit rule for
-each) and keeps its own scheme types, which say how its packer lays the weight out. GGUF is the exception on purpose: its ``tensor_types`` patterns go to llama.cpp's quantizer
-too, which searches (``std::regex_search``), so the GGUF target searches as well.
+A table is a sequence of `Rule` ``(pattern, scheme)``; the first pattern that **fullmatches** the weight's
+name wins (ExecuTorch's QuantRule convention), and a scheme of None keeps the weight float. Every target's
+plan holds `Rule`s; each writes its patterns in its own weight naming (quant/mixed.py writes the shared 8-bit
+rule for each) and keeps its own scheme types, which say how its packer lays the weight out. GGUF is the
+exception on purpose: its ``tensor_types`` patterns go to llama.cpp's quantizer too, which searches
+(``std::regex_search``), so the GGUF target searches as well.
 """
 
 from __future__ import annotations

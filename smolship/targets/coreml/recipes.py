@@ -18,6 +18,7 @@ from smolship.targets.base import ExportOptions, Precision, Recipe
 from smolship.targets.coreml.naming import EMBEDDING, LINEAR, weight_class
 from smolship.targets.knobs import knob, parse
 
+
 @dataclass(frozen=True)
 class Affine:
     bits: int  # 4 or 8

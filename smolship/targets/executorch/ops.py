@@ -104,9 +104,7 @@ class FusedQKVAttention(Attention):
 
     @classmethod
     def from_attention(cls, attn: Attention, max_seq_len: int) -> "FusedQKVAttention":
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.layer, new.n_heads, new.n_kv_heads, new.head_dim = attn.layer, attn.n_heads, attn.n_kv_heads, attn.head_dim
+        new = cls.like(attn)
         new.q_proj, new.k_proj, new.v_proj, new.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         new.qkv_proj = None
         new.kv_cache = KVBuffers((1, max_seq_len, attn.n_kv_heads, attn.head_dim))  # sequence in dim 1

@@ -89,9 +89,7 @@ class PackedAttention(Attention):
 
     @classmethod
     def packing(cls, attn: Attention, smooth: Tensor | None) -> "PackedAttention":
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        new.layer, new.n_heads, new.n_kv_heads, new.head_dim = attn.layer, attn.n_heads, attn.n_kv_heads, attn.head_dim
+        new = cls.like(attn)
         w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # (N, h)
         new.qkv_proj = MatMulLinear((w if smooth is None else w * smooth).t())  # (h, N)
         new.o_proj = MatMulLinear(attn.o_proj.weight.t())

@@ -1,7 +1,7 @@
 """Rewrite a float decoder graph into block-quantized weights by a small rule table.
 
-`QuantPlan.rules` map weight names (regex, first match wins) to a `BlockQuant` or None (keep float),
-(`quant.rules.Rule`, one rule type for every target). Every MatMul whose B is a 2-D float initializer is looked up;
+`QuantPlan.rules` (`quant.rules.Rule`, the rule type every target uses) map weight names (regex, first match
+wins) to a `BlockQuant` or None (keep float). Every MatMul whose B is a 2-D float initializer is looked up;
 the token embedding's Gather follows `QuantPlan.embedding`. When the embedding is tied to the lm_head
 and both get the same config, the Gather reads the lm_head's quantized bytes: one 8-bit copy serves both,
 and a decode step gathers one quantized row instead of dequantizing the table.
