@@ -283,11 +283,6 @@ class Llama(nn.Module):
         if hasattr(self, "causal_mask"):
             del self.causal_mask
 
-    def reset_cache(self) -> None:
-        for buf in self.kv_buffers or ():
-            buf.k_cache.zero_()
-            buf.v_cache.zero_()
-
     def decode(self, tokens: Tensor, cache: Cache) -> Tensor:
         """THE forward. tokens: int (1, T) -> logits (1, T, V); `cache` supplies positions and attention."""
         x, residual = self.embed_tokens(tokens), None

@@ -103,7 +103,3 @@ class StatefulLlama(nn.Module):
         cache = StateCache(getattr(self, KEY_CACHE), getattr(self, VALUE_CACHE), self.model, input_ids.shape[-1],
                            causal_mask)
         return self.model.decode(input_ids, cache)  # (1, q, vocab)
-
-    def reset(self) -> None:
-        getattr(self, KEY_CACHE).zero_()
-        getattr(self, VALUE_CACHE).zero_()
