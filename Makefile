@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: the CPU build of 2.13.0 (executorch 1.5.1 links against exactly this libtorch)
 	$(PIP) install torch==2.13.0 >> $(VENV)/setup.log 2>&1 || { tail -30 $(VENV)/setup.log; exit 1; }
 	$(PIP) install -e '.[all]' >> $(VENV)/setup.log 2>&1 || { tail -40 $(VENV)/setup.log; echo "setup failed: full log in $(VENV)/setup.log"; exit 1; }
+	@# the ExecuTorch runtime versions the example apps pin, when they differ from the exporter's (validation proves bundles in them)
+	$(PY) -m smolship.validation.platforms >> $(VENV)/setup.log 2>&1 || { tail -20 $(VENV)/setup.log; exit 1; }
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -61,6 +61,28 @@ def _summary(m: dict) -> list[str]:
         lines.append("| speed | not measured at export |")
     if v.get("latency_note"):
         lines += ["", f"Latency note: {v['latency_note']}"]
+    return lines + _platforms(v.get("platforms") or [])
+
+
+def _platforms(rows: list[dict]) -> list[str]:
+    """Where else the bundle was run: the runtime versions the apps pin, arm64 kernels under emulation."""
+    if not rows:
+        return []
+    n = next((r["eval_tokens"] for r in rows if "eval_tokens" in r), "?")
+    lines = ["", "## Proven in", "",
+             f"The same bundle run in each runtime build below, over the eval set's first {n} tokens (kld against the "
+             "PyTorch reference; `vs native`: against this machine's build of the exporter's runtime). Emulated runs "
+             "give logits, never speeds.", "",
+             "| runtime | arch | cpu features | kld_mean | top1 | vs native kld | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['platform']} | | | not run | | | {r['error']} |")
+            continue
+        versions = ", ".join(f"{k} {val}" for k, val in r.get("versions", {}).items())
+        vs = _fmt(r["vs_native"]["kld_mean"]) if "vs_native" in r else "-"
+        note = ("**finding: arm64-only divergence** " if r.get("finding") else "") + (r.get("note") or "")
+        lines.append(f"| {versions} ({r['platform']}) | {r['arch']} | {' '.join(r.get('cpu_features') or []) or '-'} "
+                     f"| {_fmt(r['kld_mean'])} | {_fmt(r['top1_agreement'])} | {vs} | {note} |")
     return lines
 
 

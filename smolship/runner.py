@@ -3,7 +3,8 @@
 A `Runner` owns a KV cache: `prefill(ids)` starts a sequence and returns the logits of every prompt
 position, `decode(token)` appends one token and returns its logits, `reset()` empties the cache.
 Parity, latency and chat all go through this interface, so every target is measured by running its
-artifact in its real runtime through its own KV-cache loop.
+artifact in its real runtime through its own KV-cache loop. torch is imported only by the reference, so
+a runner of a runtime without torch (ONNX Runtime, llama.cpp) also loads in an emulated arm64 Python.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from smolship.errors import SmolshipError
 
@@ -50,6 +50,8 @@ class ReferenceRunner(Runner):
     name = "reference"
 
     def __init__(self, model, threads: int | None = None):
+        import torch
+
         if threads:
             torch.set_num_threads(threads)
         self.model = model
@@ -63,22 +65,25 @@ class ReferenceRunner(Runner):
     def reset(self) -> None:
         self.pos = 0  # stale cache slots are masked out, so no need to zero them
 
-    @torch.inference_mode()
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         self.reset()
         self._check_room(0, len(ids))
-        logits = self.model(torch.tensor([list(ids)], dtype=torch.int64), torch.tensor([0]))
+        logits = self._forward(list(ids), 0)
         self.pos = len(ids)
         return logits[0].numpy()
 
-    @torch.inference_mode()
     def decode(self, token: int) -> np.ndarray:
         self._check_room(self.pos, 1)
-        logits = self.model(torch.tensor([[token]], dtype=torch.int64), torch.tensor([self.pos]))
+        logits = self._forward([token], self.pos)
         self.pos += 1
         return logits[0, -1].numpy()
 
-    @torch.inference_mode()
+    def _forward(self, ids: list[int], start: int):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.tensor([ids], dtype=torch.int64), torch.tensor([start]))
+
     def full_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits of a whole sequence in one call (same math as prefill)."""
         return self.prefill(ids)

@@ -57,6 +57,19 @@ def real_executorch_8da8w(default_model, default_validator, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def real_executorch_8da4w(default_model, default_validator, tmp_path_factory):
+    """The real 135M as the ExecuTorch 8da4w bundle the phone apps load, exported and validated once (its
+    validation also proves it in the runtime versions the apps pin): (path, manifest)."""
+    pytest.importorskip("executorch")
+    from smolship.export import export_bundle
+    from smolship.targets import ExportOptions, get_target
+
+    out = tmp_path_factory.mktemp("real_executorch_8da4w")
+    return export_bundle(default_model, "executorch", get_target("executorch").recipes["8da4w"], out,
+                         ExportOptions(max_seq_len=512), validator=default_validator)
+
+
+@pytest.fixture(scope="session")
 def js_int4_bundle(default_model, tmp_path_factory):
     """The real 135M as the ONNX int4 bundle, validated on 128 eval tokens, for the JS clients (test_web,
     test_node): (path, manifest, validator). The browser test re-measures kld on the validator's own documents."""

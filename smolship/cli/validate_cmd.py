@@ -33,13 +33,25 @@ def validate(
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: lowest allowed top1_agreement."),
     min_decode_tok_s: Optional[float] = typer.Option(None, "--min-decode-tok-s", help="Gate: lowest allowed decode tok/s."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML (one test case per bundle)."),
+    arch: Optional[List[str]] = typer.Option(None, "--arch", help="Also run the bundle in the arm64 build of its runtime "
+                                             "under qemu: arm64 or arm64:<cpu> (repeatable; `make setup-arm64` first)."),
+    runtime: Optional[List[str]] = typer.Option(None, "--runtime", help="Also run the bundle in another runtime version: "
+                                                "apps (the versions the example apps pin) or executorch==X.Y.Z (repeatable)."),
+    platform_tokens: int = typer.Option(256, "--platform-tokens", help="Eval tokens for --arch / --runtime runs."),
+    record: bool = typer.Option(False, "--record", help="Write the --arch / --runtime rows into each bundle's "
+                                "manifest and model card."),
     json_out: bool = JsonOpt,
     verify: bool = VerifyOpt,
 ):
-    """Measure each bundle against the PyTorch reference in its real runtime (and gate it with --gate)."""
+    """Measure each bundle against the PyTorch reference in its real runtime (and gate it with --gate).
+
+    With --arch / --runtime: parity natively and in each named runtime build over the same tokens, side by side."""
     from smolship.preflight import check_validate
 
     check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file)
+    if arch or runtime:
+        return validate_platforms(bundles, arch or [], runtime or [], model, eval_file, platform_tokens, record,
+                                  json_out, verify)
     if gate or junit:
         from smolship.validation.gates import check_project_gate, load_project_gate
 
@@ -81,6 +93,53 @@ def validate(
             out_console.print(f"{status} {g.bundle}" + "".join(f"\n    {m}" for m in g.failures + g.notes))
     if gate and gate_results and not all(g.passed for g in gate_results):
         raise typer.Exit(1)
+
+
+def validate_platforms(bundles: list[Path], arch: list[str], runtime: list[str], model: Optional[str],
+                       eval_file: Optional[Path], tokens: int, record: bool, json_out: bool, verify: bool) -> None:
+    """Each bundle natively, in the arm64 build of its runtime and in other runtime versions, on the same tokens."""
+    from smolship.validation import platforms as P
+    from smolship.validation.validate import save_platform_rows
+
+    if not 32 <= tokens <= 8192:
+        raise SmolshipError(f"--platform-tokens {tokens} is out of range.", "Use 32 to 8192 (the issue's floor for arm64 is 256).")
+    manifests = _manifests(bundles, verify)
+    arm = [P.parse_arch(a) for a in arch]  # every environment is checked before any work starts
+    plans = [arm + [p for r in runtime for p in P.parse_runtime(r, m["target"])] for m in manifests]
+    for b, m in zip(bundles, manifests):
+        if m["target"] not in P.HOSTED_TARGETS:
+            raise SmolshipError(f"{b}: a {m['target']} bundle cannot run off this machine's own runtime.",
+                                f"--arch / --runtime take {', '.join(sorted(P.HOSTED_TARGETS))} bundles.")
+    validators: dict[str, Validator] = {}
+    out = []
+    for bundle, manifest, plats in zip(bundles, manifests, plans):
+        key = manifest["source"].get("sha256") or manifest["source"]["ref"]
+        if key not in validators:
+            validators[key] = Validator(source_for(manifest, model), ValidationSettings(eval_file=eval_file, eval_tokens=tokens))
+        with progress_bar(not json_out) as progress:
+            rows = validators[key].platform_rows(bundle, manifest, plats, progress, tokens=tokens)
+        if record:
+            save_platform_rows(bundle, manifest, rows)
+        out.append({"bundle": str(bundle), "target": manifest["target"], "recipe": manifest["quant"]["recipe"], "platforms": rows})
+    if json_out:
+        print_json({"rows": out})
+        return
+    from rich.table import Table
+
+    table = Table(title="smolship validate: the same bundle in each runtime build (logits only; emulated time is no speed)")
+    for col in ("bundle", "runtime", "arch", "cpu features", "kld_mean", "top1", "vs native kld", "vs native top1", "finding"):
+        table.add_column(col)
+    for b in out:
+        for r in b["platforms"]:
+            if "error" in r:
+                table.add_row(Path(b["bundle"]).name, r["platform"], "", "", "not run", "", "", "", r["error"])
+                continue
+            vs = r.get("vs_native") or {}
+            table.add_row(Path(b["bundle"]).name, " ".join(f"{k} {v}" for k, v in r["versions"].items()) + f" ({r['platform']})",
+                          r["arch"], " ".join(r["cpu_features"]), f"{r['kld_mean']:.4g}", f"{r['top1_agreement']:.3f}",
+                          f"{vs['kld_mean']:.4g}" if vs else "-", f"{vs['top1_agreement']:.3f}" if vs else "-",
+                          "yes" if r.get("finding") else "")
+    out_console.print(table)
 
 
 def bench(

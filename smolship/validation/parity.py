@@ -67,7 +67,8 @@ def greedy_agreement(a: list[int], b: list[int]) -> int:
 
 
 def measure_parity(runner: Runner, ref: ReferenceCache, docs: list[EvalDoc],
-                   settings: ParitySettings = ParitySettings(), progress=None) -> dict:
+                   settings: ParitySettings = ParitySettings(), progress=None, logits_out: list | None = None) -> dict:
+    """`logits_out`, when given, receives each document's teacher-forced logits (to compare two runtimes)."""
     kl_all, top1_all, nll_ref, nll_run = [], [], [], []
     max_diff = 0.0
     for i, doc in enumerate(docs):
@@ -79,6 +80,8 @@ def measure_parity(runner: Runner, ref: ReferenceCache, docs: list[EvalDoc],
         got = teacher_forced_logits(runner, ids, settings.prefill_len)
         if not np.isfinite(got).all():
             raise ValueError(f"{runner.name} produced non-finite logits on eval document '{doc.id}'")
+        if logits_out is not None:
+            logits_out.append(got)
         lp_ref, lp_run = log_softmax(ref_logits), log_softmax(got)
         kl_all.append((np.exp(lp_ref) * (lp_ref - lp_run)).sum(-1))
         top1_all.append(ref_logits.argmax(-1) == got.argmax(-1))

@@ -20,6 +20,9 @@ from smolship.validation.weight_parity import weight_parity
 from smolship.evalset import load_eval
 from smolship.validation.latency import LatencySettings, latency_in_worker
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
+from smolship.validation.platforms import APP_RUNTIMES, PLATFORM_EVAL_TOKENS, app_platforms, measure_platforms
+
+APP_PINNED_TARGETS = {rt.package for rt in APP_RUNTIMES}
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Validator:
         self.docs = load_eval(source.tokenizer, settings.eval_file, settings.eval_tokens)
         longest = max(len(d.ids) for d in self.docs) + settings.parity.greedy_tokens + 8
         self.reference = ReferenceCache(ReferenceRunner.from_source(source, max_seq_len=max(longest, 512)))
+        self._platform_docs: dict[int, list] = {}
 
     def validate(self, bundle: Path, manifest: dict | None = None, progress=None) -> dict:
         manifest = manifest or read_manifest(bundle)
@@ -81,6 +85,8 @@ class Validator:
                 runner.close()
             if self.settings.measure_latency:
                 result.update(latency_in_worker(bundle, self.settings.latency))
+        if can_run and manifest["target"] in APP_PINNED_TARGETS:  # the runtime versions the apps ship
+            result["platforms"] = self.platform_rows(bundle, manifest, app_platforms_or_note(manifest["target"]), progress)
         weight = weight_parity(target, bundle, manifest, self.source)
         if weight is not None:
             result["weight_parity"] = weight
@@ -89,6 +95,49 @@ class Validator:
         return result
 
 
+    def platform_docs(self, tokens: int = PLATFORM_EVAL_TOKENS) -> list:
+        if tokens not in self._platform_docs:
+            self._platform_docs[tokens] = load_eval(self.source.tokenizer, self.settings.eval_file, tokens)
+        return self._platform_docs[tokens]
+
+    def platform_rows(self, bundle: Path, manifest: dict, platforms: list, progress=None,
+                      tokens: int = PLATFORM_EVAL_TOKENS) -> list[dict]:
+        """Parity natively and on each platform (an app's runtime version, arm64 under qemu) over the eval
+        set's first `tokens` tokens; a platform that could not be set up is a row with its reason."""
+        ready = [p for p in platforms if not isinstance(p, dict)]
+        runner = get_target(manifest["target"]).load_runner(bundle, manifest)
+        try:
+            rows = measure_platforms(bundle, manifest, runner, self.reference, self.platform_docs(tokens), ready, progress)
+        finally:
+            runner.close()
+        return rows + [p for p in platforms if isinstance(p, dict)]
+
+
+def app_platforms_or_note(target: str) -> list:
+    """The apps' runtime versions as platforms; one that cannot be installed is a row saying why."""
+    try:
+        return app_platforms(target)
+    except SmolshipError as e:
+        return [{"platform": "apps' runtime", "error": e.problem, "fix": e.fix}]
+
+
 def save_validation(bundle: Path, manifest: dict, result: dict) -> None:
     manifest["validation"] = result
     (Path(bundle) / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def save_platform_rows(bundle: Path, manifest: dict, rows: list[dict]) -> None:
+    """Merge platform rows into the manifest (a platform measured again replaces its row), rewrite the
+    model card from it and re-list the files' sha256."""
+    from smolship import chat_format, model_card
+    from smolship.bundle import write_manifest
+
+    validation = manifest.setdefault("validation", {}) or {}
+    kept = {r["platform"]: r for r in validation.get("platforms", [])}
+    kept.update({r["platform"]: r for r in rows})
+    native = kept.pop("native", None)
+    validation["platforms"] = ([native] if native else []) + list(kept.values())
+    manifest["validation"] = validation
+    fmt = chat_format.read(bundle) if (Path(bundle) / chat_format.FILE).is_file() else None
+    model_card.write(bundle, manifest, fmt)
+    write_manifest(bundle, manifest)

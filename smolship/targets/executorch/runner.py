@@ -32,6 +32,14 @@ def set_threads(threads: int | None) -> None:
         portable_lib._unsafe_reset_threadpool(int(threads))
 
 
+MODEL_FILE = "model.pte"
+
+
+def open_bundle(bundle: Path, manifest: dict, threads: int | None = None) -> "ExecuTorchRunner":
+    """The bundle's program in the executorch installed here (`Target.load_runner` and the runtime host)."""
+    return ExecuTorchRunner(Path(bundle) / MODEL_FILE, manifest["max_seq_len"], threads=threads)
+
+
 class ExecuTorchRunner(Runner):
     name = "executorch"
 

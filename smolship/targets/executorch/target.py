@@ -25,11 +25,10 @@ from smolship.targets.base import (
     no_progress,
 )
 from smolship.targets.executorch import quantize as Q
-from smolship.targets.executorch.runner import ExecuTorchRunner
+from smolship.targets.executorch.runner import MODEL_FILE, ExecuTorchRunner, open_bundle
 from smolship.targets.executorch.recipes import RECIPES, ExecuTorchKnobs, knobs_of, max_prefill_len, plan_for
 from smolship.process_stats import peak_rss_mb
 
-MODEL_FILE = "model.pte"
 
 def check_options(model, options: ExportOptions) -> None:
     if options.max_seq_len < 2:
@@ -113,7 +112,7 @@ class ExecuTorchTarget(Target):
         return ExportResult(files=[MODEL_FILE], info=info)
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> ExecuTorchRunner:
-        return ExecuTorchRunner(Path(bundle) / MODEL_FILE, manifest["max_seq_len"], threads=threads)
+        return open_bundle(bundle, manifest, threads)
 
     def runtime_versions(self) -> dict[str, str]:
         from importlib.metadata import version

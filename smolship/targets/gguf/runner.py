@@ -34,6 +34,18 @@ def open_llama(path: Path, n_ctx: int, threads: int | None = None):
                             "Re-export the bundle; if the file was copied, check that the copy is complete.") from None
 
 
+MODEL_FILE = "model.gguf"
+
+
+def open_bundle(bundle: Path, manifest: dict, threads: int | None = None) -> "LlamaCppRunner":
+    """The bundle's GGUF file in the llama.cpp installed here (`Target.load_runner` and the runtime host)."""
+    name = (manifest.get("target_info") or {}).get("gguf_file", MODEL_FILE)
+    path = Path(bundle) / name
+    if not path.is_file():
+        raise SmolshipError(f"The bundle '{bundle}' has no {name}.", "Re-export the bundle with `smolship export --target gguf`.")
+    return LlamaCppRunner(path, max_seq_len=int(manifest.get("max_seq_len", 2048)), threads=threads)
+
+
 class LlamaCppRunner(Runner):
     name = "llama.cpp"
 

@@ -23,11 +23,10 @@ from smolship.targets.gguf.index import TensorEntry, tensor_bytes, tensor_table
 from smolship.targets.gguf.plan import embedding_type, llama_cpp_overrides, plan_tensors
 from smolship.targets.gguf.quantize import llama_quantize
 from smolship.targets.gguf.recipes import DEFAULT_RECIPES, GGUF_RECIPES, RECIPES, GGUFKnobs, GGUFRecipe, Quantizer
-from smolship.targets.gguf.runner import LlamaCppRunner
+from smolship.targets.gguf.runner import MODEL_FILE, LlamaCppRunner, open_bundle
 from smolship.targets.gguf.export import write_gguf
 from smolship.targets.knobs import parse
 
-MODEL_FILE = "model.gguf"
 INTERMEDIATE = ".intermediate.gguf"
 
 
@@ -120,11 +119,7 @@ class GGUFTarget(Target):
                 "llama_cpp_fallbacks": sum("falling back" in ln for ln in log)}
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None) -> LlamaCppRunner:
-        name = (manifest.get("target_info") or {}).get("gguf_file", MODEL_FILE)
-        path = Path(bundle) / name
-        if not path.is_file():
-            raise SmolshipError(f"The bundle '{bundle}' has no {name}.", "Re-export the bundle with `smolship export --target gguf`.")
-        return LlamaCppRunner(path, max_seq_len=int(manifest.get("max_seq_len", 2048)), threads=threads)
+        return open_bundle(bundle, manifest, threads)
 
     def runtime_versions(self) -> dict[str, str]:
         from importlib.metadata import version

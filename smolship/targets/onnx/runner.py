@@ -50,6 +50,18 @@ def make_session(model_path: Path, threads: int | None = None, config: dict | No
                                 providers=["CPUExecutionProvider"])
 
 
+def open_bundle(bundle: Path, manifest: dict, threads: int | None = None, **session) -> "OnnxRunner":
+    """The bundle's graph in the onnxruntime installed here, as genai_config.json describes it
+    (`Target.load_runner` and the runtime host). `session`: OnnxRunner's session_config / optimized_path."""
+    from smolship.targets.onnx.genai_config import read_genai_config
+
+    gc = read_genai_config(bundle)
+    dec = gc["model"]["decoder"]
+    return OnnxRunner(Path(bundle) / dec["filename"], dec["num_hidden_layers"], dec["num_key_value_heads"],
+                      dec["head_size"], gc["model"]["context_length"], gc["search"]["past_present_share_buffer"],
+                      kv_dtype=manifest.get("target_info", {}).get("dtype", "float32"), threads=threads, **session)
+
+
 class OnnxRunner(Runner):
     """Runner over a decoder graph with genai's I/O names; `layout` comes from genai_config.json."""
 

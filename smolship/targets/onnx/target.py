@@ -78,14 +78,9 @@ class OnnxTarget(Target):
 
     def load_runner(self, bundle: Path, manifest: dict, threads: int | None = None, **session) -> Runner:
         """`session`: OnnxRunner's session_config / optimized_path (e.g. runner.BROWSER_FOLD)."""
-        from smolship.targets.onnx.genai_config import read_genai_config
-        from smolship.targets.onnx.runner import OnnxRunner
+        from smolship.targets.onnx.runner import open_bundle
 
-        gc = read_genai_config(bundle)
-        dec = gc["model"]["decoder"]
-        return OnnxRunner(Path(bundle) / dec["filename"], dec["num_hidden_layers"], dec["num_key_value_heads"],
-                          dec["head_size"], gc["model"]["context_length"], gc["search"]["past_present_share_buffer"],
-                          kv_dtype=manifest.get("target_info", {}).get("dtype", "float32"), threads=threads, **session)
+        return open_bundle(bundle, manifest, threads, **session)
 
     def runtime_versions(self) -> dict[str, str]:
         import onnx
