@@ -63,6 +63,8 @@ class ChatFormat:
     add_bos_token: bool  # whether the tokenizer itself prepends BOS (then the app must not add one)
     verified_conversations: int = 0
     source: str = "chat_template"
+    # the bundle's context (prompt + reply tokens its KV cache holds): apps trim the history to fit it
+    max_seq_len: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -211,6 +213,7 @@ def add_to_bundle(folder: Path, manifest: dict, tokenizer) -> ChatFormat | None:
     """Write chat_format.json (when the template allows) and record it, or why not, in the manifest."""
     fmt, why = describe(tokenizer)
     if fmt is not None:
+        fmt = replace(fmt, max_seq_len=manifest.get("max_seq_len"))
         write(folder, fmt)
     manifest["chat_format"] = fmt.to_dict() if fmt is not None else {"unavailable": why}
     return fmt
