@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what examples/web and examples/node need: Debian's chromium (for the browser test) and the
-# npm packages pinned by each folder's package-lock.json. Idempotent: a second run installs nothing and
+# npm packages pinned by each folder's package-lock.json; and Debian's kotlin compiler, which runs the
+# Android app's history policy (History.kt) in tests/test_apps.py. Idempotent: a second run installs nothing and
 # needs no network (npm is skipped while node_modules matches the lockfile).
 #
 #   bash examples/setup-js.sh            # both folders + chromium
@@ -8,10 +9,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-if [[ -z "${SKIP_CHROMIUM:-}" ]] && ! command -v chromium >/dev/null 2>&1; then
+apt_missing=()
+[[ -z "${SKIP_CHROMIUM:-}" ]] && ! command -v chromium >/dev/null 2>&1 && apt_missing+=(chromium)
+command -v kotlinc >/dev/null 2>&1 || apt_missing+=(kotlin)
+if (( ${#apt_missing[@]} )); then
     sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
 command -v node >/dev/null || { echo "setup-js: node (>= 20) is required: apt-get install nodejs npm" >&2; exit 1; }

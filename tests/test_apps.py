@@ -1,14 +1,17 @@
 """What the phone apps read, checked with the apps' own runtimes, and the example apps checked against bundles.
 
 - ExecuTorch: the C++ LLM runner (`TextLLMRunner`, which Android's LlmModule and iOS's TextRunner wrap)
-  runs the bundle with a prompt built from chat_format.json.
+  runs the bundle with a prompt built from chat_format.json and each app's own settings (read out of its
+  sources: tests/app_settings.py), in the runtime version that app pins; the app's history policy
+  (History.kt, compiled with Debian's kotlinc) keeps a long chat inside the context.
 - onnxruntime-genai: loads a folder holding only the files the model card tells an app to copy.
 - Core ML: the .mlpackage spec against what swift-transformers' LanguageModel.swift reads, the
   converted graph driven with exactly LanguageModel's calls, the tokenizer folder through `tokenizers`.
 - GGUF: the metadata the llama.cpp apps read.
 - examples/android and examples/ios: the sources parse (tree-sitter) and name only files and keys
   the bundles contain; their READMEs' push commands name real bundle files.
-Fast tests use random:tiny; the slow one runs the real 135M 8da4w bundle (a session fixture).
+Fast tests use random:tiny; the slow one runs the real 135M 8da4w bundle the apps load (a session fixture).
+The API contract of the app sources against the pinned runtimes' signatures is tests/test_app_sources.py.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from smolship.export import bundle_name, export_bundle
 from smolship.generate import generate
 from smolship.targets import ExportOptions, get_target
 from smolship.targets.onnx import genai_loop
+from smolship.validation import platforms as P
+from smolship.validation import text_runner
+from app_settings import android_runner_config, ios_runner_config, kotlin_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 ANDROID, IOS = ROOT / "examples" / "android", ROOT / "examples" / "ios"
@@ -82,35 +88,139 @@ def test_bundle_carries_chat_format_and_model_card(tiny_bundle, tiny_model, targ
         assert f"| kld_mean | {v['kld_mean']:.4g} |" in card
 
 
-# --- ExecuTorch: the C++ runner of LlmModule / TextRunner -------------------------------------------
-def _text_llm_runner(path: Path, prompt: str, max_new_tokens: int) -> tuple[list[str], object]:
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (custom_sdpa / update_cache)
-    import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed::embedding_byte: the 8-bit embedding)
-    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
-
-    pieces, stats = [], []
-    runner = TextLLMRunner(str(path / "model.pte"), str(path / "tokenizer.json"))
-    runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=0.0),
-                    pieces.append, stats.append)
-    return pieces, stats[-1] if stats else None
+# --- ExecuTorch: the C++ runner of LlmModule / TextRunner, with each app's own settings and runtime --
+APPS = ("android", "ios")
 
 
-def test_executorch_runner_takes_the_chat_format_prompt(tiny_bundle, tiny_model):
-    """The runner tokenizes the rendered prompt (special tokens included) as smolship does and decodes
-    what smolship's own ExecuTorch runner decodes; it stops on the ids model.pte carries."""
-    path, manifest = tiny_bundle("executorch")
+def app_platform(app: str):
+    """The runtime build the app links: None when it is the exporter's own version, else its wheel."""
+    pinned = next(rt for rt in P.APP_RUNTIMES if rt.app == app)
+    return None if pinned.version == P.installed_version("executorch") else P.app_runtime("executorch", pinned.version)
+
+
+@pytest.fixture(scope="module")
+def app_bundle(tiny_model, tmp_path_factory):
+    """A tiny ExecuTorch bundle with room for the apps' reply budget (context 512, prefill chunks of 128)."""
+    path, _ = export_bundle(tiny_model, "executorch", get_target("executorch").recipes["fp32"],
+                            tmp_path_factory.mktemp("app_bundle"),
+                            ExportOptions(max_seq_len=512, extra={"max_prefill_len": 128}), validator=None)
+    return path
+
+
+def app_generate(app: str, path: Path, prompt: str) -> tuple[dict, dict]:
+    """TextLLMRunner as the app drives it: its settings read out of its sources, in its pinned runtime."""
+    context = chat_format.read(path).max_seq_len
+    config = android_runner_config(prompt, context) if app == "android" else ios_runner_config(context)
+    return text_runner.generate(path, prompt, app_platform(app), **config), config
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_app_settings_decode_greedily_without_echo_and_stop_on_the_bundle_ids(app_bundle, tiny_model, app):
+    """Each app's runner settings (its sources), in the runtime it pins, on the tiny bundle: the pieces are the
+    greedy reply smolship's own loop decodes (a sampling temperature or an echoed prompt would differ), and
+    the runner stops on the ids model.pte carries."""
+    path = app_bundle
+    manifest = json.loads((path / "manifest.json").read_text())
     fmt = chat_format.read(path)
     prompt = fmt.render(QUESTION)
-    pieces, stats = _text_llm_runner(path, prompt, 12)
+    result, config = app_generate(app, path, prompt)
+    assert result["error"] is None, result
+    pinned = next(rt for rt in P.APP_RUNTIMES if rt.app == app)
+    assert result["executorch"] == pinned.version  # the app's runtime ran, not the exporter's
     ids = tiny_model.tokenizer.encode(prompt, add_bos=False)
-    assert stats.num_prompt_tokens == len(ids)
+    assert result["stats"]["num_prompt_tokens"] == len(ids)
     runner = get_target("executorch").load_runner(path, manifest)
     try:
         assert sorted(runner.constant("get_eos_ids")) == sorted(fmt.stop_ids)
-        ours = list(generate(runner, ids, 12, stop_ids=fmt.stop_ids))
+        ours = list(generate(runner, ids, len(result["pieces"]), stop_ids=fmt.stop_ids))  # a piece per token
     finally:
         runner.close()
-    assert "".join(pieces) == tiny_model.tokenizer.decode(ours, skip_special_tokens=False)
+    assert "".join(result["pieces"]) == tiny_model.tokenizer.decode(ours, skip_special_tokens=False), config
+
+
+def test_echo_and_sampling_would_be_caught(tiny_bundle):
+    """The defects the iOS app had (upstream defaults: echo on, temperature 0.8) change what the runner hands
+    the app, so the test above fails on them."""
+    path, _ = tiny_bundle("executorch")
+    prompt = chat_format.read(path).render(QUESTION)
+    greedy = text_runner.generate(path, prompt, echo=False, temperature=0.0, max_new_tokens=12, seq_len=128)
+    echoed = text_runner.generate(path, prompt, echo=True, temperature=0.0, max_new_tokens=12, seq_len=128)
+    assert echoed["pieces"][0] == prompt and "".join(echoed["pieces"]) != "".join(greedy["pieces"])
+    sampled = [text_runner.generate(path, prompt, echo=False, temperature=0.8, max_new_tokens=12, seq_len=128)
+               for _ in range(3)]
+    assert any("".join(s["pieces"]) != "".join(greedy["pieces"]) for s in sampled)
+
+
+# The app's own history policy (History.kt's fitHistory), compiled with Debian's kotlinc (1.3: no trailing
+# commas, which are stripped) and run on the JVM; the token count it is given is the app's: the UTF-8 length of
+# chat_format's rendering of each candidate tail. Swift has no compiler here: iOS's History.swift states the
+# same policy and is unverified at runtime.
+FIT_HARNESS = """package org.smolship.chat
+fun main(args: Array<String>) {
+    val lines = generateSequence(::readLine).toList()
+    val budget = lines[0].toInt()
+    val lengths = lines[1].split(" ").map { it.toInt() }  // UTF-8 length of the rendered tail, by its size
+    val messages = lines.drop(2).mapIndexed { i, role -> ChatMessage(role, i.toString()) }
+    val fitted = fitHistory(messages, budget) { lengths[it.size] }
+    println(fitted?.size ?: -1)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def android_fit_history(tmp_path_factory):
+    """A function (messages, budget, render) -> kept tail or None, running the app's History.kt."""
+    import subprocess
+
+    if not shutil.which("kotlinc"):
+        pytest.fail("kotlinc is missing: `make setup-js` installs Debian's kotlin (apt) for the app's history test")
+    work = tmp_path_factory.mktemp("kotlin")
+    src = ANDROID / "app/src/main/java/org/smolship/chat"
+    (work / "History.kt").write_text(re.sub(r",(\s*\))", r"\1", (src / "History.kt").read_text()))
+    message = re.search(r"^data class ChatMessage\(.*\)$", (src / "ChatFormat.kt").read_text(), re.M).group(0)
+    (work / "Message.kt").write_text(f"package org.smolship.chat\n{message}\n")
+    (work / "Main.kt").write_text(FIT_HARNESS)
+    subprocess.run(["kotlinc", "-nowarn", "History.kt", "Message.kt", "Main.kt", "-include-runtime", "-d", "fit.jar"],
+                   cwd=work, check=True, capture_output=True)
+
+    def fit(messages: list[dict], budget: int, render) -> list[dict] | None:
+        system = 1 if messages and messages[0]["role"] == "system" else 0
+        # a tail of size k is the system message (if any) + the last k - system messages
+        lengths = [len(render(messages[:system] + messages[len(messages) - (k - system):]).encode()) if k >= system
+                   else 0 for k in range(len(messages) + 1)]
+        stdin = "\n".join([str(budget), " ".join(map(str, lengths)), *(m["role"] for m in messages)]) + "\n"
+        kept = int(subprocess.run(["java", "-jar", str(work / "fit.jar")], input=stdin, capture_output=True,
+                                  text=True, check=True).stdout.strip())
+        return None if kept < 0 else messages[:system] + messages[len(messages) - (kept - system):]
+    return fit
+
+
+@pytest.mark.slow
+def test_a_chat_longer_than_the_context_is_trimmed_never_silent(real_executorch_8da4w, android_fit_history):
+    """Turn after turn past the context (512 here), with the app's history policy and settings, in each app's
+    runtime, on the bundle the apps load: every turn gets a reply (older turns dropped), and a message longer
+    than the context is the app's clear refusal, never a runner error or an empty reply. Before the fix the
+    app re-sent the whole history at seq_len 768. (The real model: a random one emits partial UTF-8 pieces
+    that the runner's Python binding cannot hand over as text.)"""
+    path, _ = real_executorch_8da4w
+    fmt = chat_format.read(path)
+    budget = fmt.max_seq_len - kotlin_constants()["MAX_NEW_TOKENS"]
+    history, dropped = [], []
+    for turn in range(6):
+        history.append({"role": "user", "content": f"Tell me fact number {turn + 1} about the sea, in one sentence."})
+        fitted = android_fit_history(history, budget, fmt.render)
+        assert fitted is not None and fitted[-1] == history[-1]
+        dropped.append(len(history) - len(fitted))
+        for app in APPS:
+            result, _ = app_generate(app, path, fmt.render(fitted))
+            assert result["error"] is None and result["stats"]["num_generated_tokens"] > 0, (app, turn, result)
+        history.append({"role": "assistant", "content": "".join(result["pieces"]).replace(fmt.turn_end, "")})
+    assert dropped[0] == 0 and dropped[-1] > 0  # the chat outgrew the context and was trimmed, not refused
+    whole = text_runner.generate(path, fmt.render(history), echo=False, temperature=0.0, seq_len=768)
+    assert whole["error"] and not whole["pieces"]  # what the old app hit: a refusal it showed as an empty reply
+    huge = history + [{"role": "user", "content": "x " * budget}]
+    assert android_fit_history(huge, budget, fmt.render) is None  # -> ChatException("... too long ...")
+    assert "too long for the model's context" in (ANDROID / "app/src/main/java/org/smolship/chat/ChatEngine.kt").read_text()
 
 
 # The official ExecuTorch apps' templates, transcribed from their sources (meta-pytorch/executorch-examples):
@@ -131,22 +241,27 @@ def test_official_apps_templates_after_the_cards_renames_are_this_chat_format(ti
 
 
 @pytest.mark.slow
-def test_real_executorch_bundle_answers_and_stops_at_im_end(real_executorch_8da8w):
-    """ExecuTorch's own C++ runner (what LlmModule / TextRunner wrap) on the real 8da8w bundle, prompt from
-    chat_format.json: a right answer, then the turn end the apps compare and drop.
-
-    Germany, not France: on "What is the capital of France?" the reference's first tokens "The" / "L" are
-    close, and since calibration reads held-out text (issue 16) the 8da8w and 8da4w bundles answer
-    "L'Étoile, la Marseur, la France, ..." (measured 2026-12-01 through this runner), as ONNX int4 / int8 do;
-    that is quantization error on a near tie, tracked by issue 19, not the runner's doing."""
-    path, manifest = real_executorch_8da8w
+@pytest.mark.parametrize("app", APPS)
+def test_real_8da4w_bundle_answers_with_each_apps_settings_in_its_runtime(real_executorch_8da4w, app):
+    """The 8da4w bundle the apps load, through ExecuTorch's own C++ runner with the app's settings (read from
+    its sources) in the runtime version it pins: greedy, no echoed prompt, a right answer, then the turn end
+    the apps compare and drop. Japan, not France: "What is the capital of France?" is a near tie for the
+    135M in fp32 ("The" 25.33 vs "L" 25.24), while Japan keeps a 0.97-logit margin over its whole answer."""
+    path, manifest = real_executorch_8da4w
     fmt = chat_format.read(path)
-    pieces, stats = _text_llm_runner(path, fmt.render([{"role": "user", "content": "Name the capital city of Germany."}]), 64)
-    assert "Berlin" in "".join(pieces), pieces
-    assert pieces[-1] == fmt.turn_end == "<|im_end|>", pieces[-4:]  # what the apps compare and drop
-    assert stats.num_generated_tokens < 64  # stopped by the program's stop ids, not by the length
+    prompt = fmt.render([{"role": "user", "content": "What is the capital of Japan?"}])
+    result, config = app_generate(app, path, prompt)
+    text = "".join(result["pieces"])
+    assert result["error"] is None and not text.startswith("<|im_start|>"), result  # no echoed conversation
+    assert "Tokyo" in text, text
+    assert result["pieces"][-1] == fmt.turn_end == "<|im_end|>", result["pieces"][-4:]  # what the apps drop
+    assert result["stats"]["num_generated_tokens"] < 64  # stopped by the program's stop ids, not by the length
+    rows = {r["platform"]: r for r in manifest["validation"]["platforms"]}
+    version = next(rt.version for rt in P.APP_RUNTIMES if rt.app == app)
+    row = rows["native"] if version == P.installed_version("executorch") else rows[f"executorch {version}"]
+    assert row["versions"]["executorch"] == version and row["kld_mean"] <= 0.06, row  # proven in that runtime
     card = (path / model_card.CARD).read_text()
-    assert f"| kld_mean | {manifest['validation']['kld_mean']:.4g} |" in card
+    assert f"| kld_mean | {manifest['validation']['kld_mean']:.4g} |" in card and f"executorch {version}" in card
 
 
 # --- onnxruntime-genai, as the phone samples load it -----------------------------------------------
@@ -316,9 +431,8 @@ def test_android_sources_parse_and_name_real_files_and_keys(tiny_bundle):
             _check_names(strings, [path], keys, f)
     engine = "\n".join(found[ANDROID / "app/src/main/java/org/smolship/chat/ChatEngine.kt"])
     assert {"model.pte", "tokenizer.json", "chat_format.json", "/data/local/tmp/smolship"} <= set(engine.split("\n"))
-    seq_len = int(re.search(r"SEQ_LEN = (\d+)", (ANDROID / "app/src/main/java/org/smolship/chat/ChatEngine.kt")
-                            .read_text()).group(1))
-    assert seq_len <= ExportOptions().max_seq_len  # fits the default export's context
+    reply_budget = kotlin_constants()["MAX_NEW_TOKENS"]
+    assert reply_budget < ExportOptions().max_seq_len  # leaves room for a prompt in the default export's context
     # the README's push commands push real bundle files to the folder the app reads
     readme = (ANDROID / "README.md").read_text()
     pushed = re.findall(r"adb push out/executorch-8da4w/(\S+) (\S+)", readme)

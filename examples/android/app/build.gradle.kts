@@ -1,5 +1,6 @@
 // Android build as in ExecuTorch's LlamaDemo (app/build.gradle.kts): same SDK levels, Java 11, Compose,
-// and the same ExecuTorch AAR coordinate (org.pytorch:executorch-android) from Maven Central.
+// and the same ExecuTorch AAR coordinate (org.pytorch:executorch-android) from Maven Central; its version is in
+// gradle/libs.versions.toml.
 plugins {
     alias(libs.plugins.android.application)
     alias(libs.plugins.kotlin.android)
@@ -45,5 +46,4 @@ dependencies {
     implementation(libs.androidx.ui)
     implementation(libs.androidx.material3)
     implementation(libs.executorch.android)
-    implementation(libs.fbjni)
 }

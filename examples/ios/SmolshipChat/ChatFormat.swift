@@ -8,7 +8,8 @@ struct ChatMessage: Identifiable {
 }
 
 /// The bundle's chat_format.json: the chat template as plain strings (checked against the template
-/// by smolship), so a prompt is built by concatenation, following the file's "rule".
+/// by smolship), so a prompt is built by concatenation, following the file's "rule". `maxSeqLen` is the
+/// bundle's context (KV-cache length): prompt plus reply must fit in it, and TextRunner cannot tell the app.
 struct ChatFormat: Decodable {
     struct Turn: Decodable {
         let prefix: String
@@ -26,6 +27,7 @@ struct ChatFormat: Decodable {
     let bosText: String
     let stopStrings: [String]
     let stopIds: [Int]  // the turn end's id first
+    let maxSeqLen: Int
 
     enum CodingKeys: String, CodingKey {
         case roles = "roles"
@@ -34,13 +36,21 @@ struct ChatFormat: Decodable {
         case bosText = "bos_text"
         case stopStrings = "stop_strings"
         case stopIds = "stop_ids"
+        case maxSeqLen = "max_seq_len"
     }
 
     static let fileName = "chat_format.json"
 
     static func load(from bundle: URL) throws -> ChatFormat {
         let data = try Data(contentsOf: bundle.appendingPathComponent(fileName))
-        return try JSONDecoder().decode(ChatFormat.self, from: data)
+        do {
+            return try JSONDecoder().decode(ChatFormat.self, from: data)
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw ChatError.badBundle("\(fileName) has no \(key.stringValue): re-export the bundle with a newer smolship")
+        } catch DecodingError.valueNotFound(_, let context) {
+            let key = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw ChatError.badBundle("\(fileName) has no value for \(key): re-export the bundle with a newer smolship")
+        }
     }
 
     func render(_ messages: [ChatMessage]) -> String {

@@ -25,6 +25,7 @@ struct ContentView: View {
                         chat.send(input.trimmingCharacters(in: .whitespacesAndNewlines))
                         input = ""
                     }
+                    .disabled(!chat.ready)
                 }
             }
         }

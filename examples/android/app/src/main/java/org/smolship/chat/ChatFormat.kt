@@ -12,7 +12,8 @@ data class Turn(val prefix: String, val suffix: String)
 /**
  * The bundle's chat_format.json: the model's chat template as plain strings, so the prompt is built by
  * concatenation (the ExecuTorch runner applies no template). smolship checked these strings against the
- * template; `render` follows the file's "rule".
+ * template; `render` follows the file's "rule". [maxSeqLen] is the bundle's context (KV-cache length):
+ * prompt plus reply must fit in it, and LlmModule cannot tell the app.
  */
 data class ChatFormat(
     val roles: Map<String, Turn>,
@@ -21,6 +22,7 @@ data class ChatFormat(
     val bosText: String,
     val stopStrings: List<String>,
     val stopIds: List<Int>,
+    val maxSeqLen: Int,
 ) {
     fun render(messages: List<ChatMessage>): String {
         val out = StringBuilder(bosText)
@@ -38,6 +40,9 @@ data class ChatFormat(
     companion object {
         fun load(file: File): ChatFormat {
             val json = JSONObject(file.readText())
+            require(json.has("max_seq_len") && !json.isNull("max_seq_len")) {
+                "${file.name} has no max_seq_len (the bundle's context): re-export the bundle with a newer smolship"
+            }
             val roles = json.getJSONObject("roles")
             val turns = roles.keys().asSequence().associateWith { role ->
                 val t = roles.getJSONObject(role)
@@ -52,6 +57,7 @@ data class ChatFormat(
                 bosText = json.getString("bos_text"),
                 stopStrings = List(stopStrings.length()) { stopStrings.getString(it) },
                 stopIds = List(stopIds.length()) { stopIds.getInt(it) },
+                maxSeqLen = json.getInt("max_seq_len"),
             )
         }
     }

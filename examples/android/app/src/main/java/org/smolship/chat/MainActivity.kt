@@ -25,45 +25,63 @@ import androidx.compose.ui.unit.dp
 import java.io.File
 import java.util.concurrent.Executors
 
+/** Role of a message that shows an error: displayed, never sent to the model. */
+const val ERROR_ROLE = "error"
+
 class MainActivity : ComponentActivity() {
     private val worker = Executors.newSingleThreadExecutor()
-    private var engine: ChatEngine? = null
+
+    /** Set only after ChatEngine.open() succeeded: a bundle that failed to load leaves no engine. */
+    @Volatile private var engine: ChatEngine? = null
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
         val messages = mutableStateListOf<ChatMessage>()
         var status by mutableStateOf("Loading model from ${ChatEngine.BUNDLE_DIR} ...")
         var busy by mutableStateOf(true)
+        var ready by mutableStateOf(false)
 
         worker.execute {
             status = try {
-                val e = ChatEngine(File(ChatEngine.BUNDLE_DIR))
-                val code = e.load()
-                engine = e
-                if (code == 0) "Ready" else "LlmModule.load() failed with error $code"
+                engine = ChatEngine.open(File(ChatEngine.BUNDLE_DIR))
+                ready = true
+                "Ready"
             } catch (t: Throwable) {
-                "Cannot load the bundle: ${t.message}"
+                "Cannot load the bundle from ${ChatEngine.BUNDLE_DIR}: ${t.message}"
             }
             busy = false
         }
 
         setContent {
             MaterialTheme {
-                ChatScreen(messages, status, busy, onStop = { engine?.stop() }) { text ->
+                ChatScreen(messages, status, busy, ready, onStop = { engine?.stop() }) { text ->
                     val e = engine ?: return@ChatScreen
                     messages.add(ChatMessage("user", text))
-                    val history = messages.toList()
+                    val history = messages.filter { it.role != ERROR_ROLE }
                     messages.add(ChatMessage("assistant", ""))
                     busy = true
                     worker.execute {
-                        val reply = e.reply(history) { piece ->
-                            runOnUiThread {
-                                val last = messages.last()
-                                messages[messages.lastIndex] = last.copy(content = last.content + piece)
+                        val result = runCatching {
+                            e.reply(history) { piece ->
+                                runOnUiThread {
+                                    val last = messages.last()
+                                    messages[messages.lastIndex] = last.copy(content = last.content + piece)
+                                }
                             }
                         }
+                        // Posted after every piece (one worker thread, one UI queue): the final text replaces them.
                         runOnUiThread {
-                            messages[messages.lastIndex] = ChatMessage("assistant", reply.trim())
+                            result.onSuccess { reply ->
+                                messages[messages.lastIndex] = ChatMessage("assistant", reply.text.trim())
+                                status = if (reply.droppedMessages > 0) {
+                                    "Left out the ${reply.droppedMessages} oldest messages to fit the model's context"
+                                } else {
+                                    "Ready"
+                                }
+                            }.onFailure { t ->
+                                messages[messages.lastIndex] = ChatMessage(ERROR_ROLE, t.message ?: t.toString())
+                                status = "Ready"
+                            }
                             busy = false
                         }
                     }
@@ -73,7 +91,11 @@ class MainActivity : ComponentActivity() {
     }
 
     override fun onDestroy() {
-        worker.shutdownNow()
+        val e = engine
+        engine = null
+        e?.stop()
+        worker.execute { e?.close() }  // after a running reply returns: close() refuses while generate() runs
+        worker.shutdown()
         super.onDestroy()
     }
 }
@@ -83,6 +105,7 @@ fun ChatScreen(
     messages: List<ChatMessage>,
     status: String,
     busy: Boolean,
+    ready: Boolean,
     onStop: () -> Unit,
     onSend: (String) -> Unit,
 ) {
@@ -101,7 +124,7 @@ fun ChatScreen(
             } else {
                 Button(
                     onClick = { onSend(input.trim()); input = "" },
-                    enabled = input.isNotBlank(),
+                    enabled = ready && input.isNotBlank(),
                     modifier = Modifier.padding(start = 8.dp),
                 ) { Text("Send") }
             }
