@@ -79,9 +79,10 @@ def _platforms(rows: list[dict]) -> list[str]:
             lines.append(f"| {r['platform']} | | | not run | | | {r['error']} |")
             continue
         versions = ", ".join(f"{k} {val}" for k, val in r.get("versions", {}).items())
+        where = "" if r["platform"] in versions else f" ({r['platform']})"  # an emulated CPU, or "native"
         vs = _fmt(r["vs_native"]["kld_mean"]) if "vs_native" in r else "-"
         note = ("**finding: arm64-only divergence** " if r.get("finding") else "") + (r.get("note") or "")
-        lines.append(f"| {versions} ({r['platform']}) | {r['arch']} | {' '.join(r.get('cpu_features') or []) or '-'} "
+        lines.append(f"| {versions}{where} | {r['arch']} | {' '.join(r.get('cpu_features') or []) or '-'} "
                      f"| {_fmt(r['kld_mean'])} | {_fmt(r['top1_agreement'])} | {vs} | {note} |")
     return lines
 

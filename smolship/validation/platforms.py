@@ -125,21 +125,26 @@ def arm64_env_file() -> Path:
 
 
 def arm64(cpu: str | None = None) -> Platform:
-    """arm64 CPython under qemu user-mode with the aarch64 wheels; `cpu` a qemu CPU name env.json lists."""
+    """arm64 CPython under qemu user-mode with the aarch64 wheels; `cpu` a qemu CPU name env.json lists.
+    The command is env.json's recipe (scripts/arm64_env.py): [qemu, -L, the CPU's prefix, python] with the
+    host environment minus `unset`, plus `env` and QEMU_CPU."""
     path = arm64_env_file()
     if not path.is_file():
         raise SmolshipError("The emulated arm64 environment is not set up.",
-                            "Run `make setup-arm64` (qemu-user-static + arm64 Python + aarch64 wheels, ~3 GB).")
+                            "Run `make setup-arm64` (qemu-user-static + arm64 Python + aarch64 wheels, ~4 GB).")
     env = json.loads(path.read_text())
     cpus = env["cpus"]
     cpu = cpu or env.get("default_cpu") or next(iter(cpus))
     if cpu not in cpus:
         raise SmolshipError(f"Unknown arm64 CPU '{cpu}'.", f"Use one of: {', '.join(cpus)}.")
     spec = cpus[cpu]
-    argv = tuple(spec.get("argv") or env["argv"])
-    overrides = {**env.get("env", {}), **spec.get("env", {})}
-    return Platform(f"arm64 {cpu} (qemu)", argv, child_env([env["site"]], **overrides), arch="aarch64", cpu=cpu,
-                    note="features: " + ",".join(spec.get("features", [])))
+    argv = (env["qemu"], "-L", spec["prefix"], env["python"])
+    child = child_env([env["site"]], **{k: v for k, v in env.get("env", {}).items() if k != "PYTHONPATH"},
+                      QEMU_CPU=spec["qemu_cpu"])
+    for name in env.get("unset", []):
+        if name not in ("PYTHONPATH", "QEMU_CPU"):
+            child.pop(name, None)
+    return Platform(f"arm64 {cpu} (qemu)", argv, child, arch="aarch64", cpu=cpu, note=spec.get("note", ""))
 
 
 def parse_arch(spec: str) -> Platform:
