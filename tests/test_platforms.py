@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -143,3 +144,39 @@ def test_tiny_bundle_on_arm64_matches_x86(tiny_bundles, tiny_validator, target):
     assert "asimddp" in arm["cpu_features"] or plat.cpu == "cortex-a72", arm  # the emulated CPU's hwcaps are read
     # q8_0 on a random model has near ties: a dot-product kernel path may flip one of 64 top-1s (measured 2 of 64)
     assert arm["vs_native"]["top1_agreement"] >= 0.9 and arm["vs_native"]["kld_mean"] < 1e-3, arm
+
+
+@pytest.fixture(scope="module")
+def real_gguf_q4_k_m(default_model, tmp_path_factory):
+    """The real 135M as the default 4-bit GGUF (not validated here: the arm64 test measures both builds)."""
+    pytest.importorskip("llama_cpp")
+    return export_bundle(default_model, "gguf", get_target("gguf").recipes["q4_k_m"], tmp_path_factory.mktemp("gguf"),
+                         ExportOptions(max_seq_len=512), validator=None)
+
+
+@needs_arm64
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["onnx", "executorch", "gguf"])
+def test_real_4bit_bundle_on_arm64_with_its_x86_figure(target, request, default_validator):
+    """The default 4-bit bundle of each runtime (what phones load) on the arm64 build of its runtime, 256 eval
+    tokens through its own decode loop, beside the x86 build on the same tokens; both platforms are recorded
+    in the manifest and the model card. On the real 135M the two builds differ (different kernels round
+    differently) but neither is much further from the reference: an arm64 kld above 1.5x the x86 one would be
+    a finding, and this test would name it."""
+    fixture = {"onnx": "js_int4_bundle", "executorch": "real_executorch_8da4w", "gguf": "real_gguf_q4_k_m"}[target]
+    path, manifest = request.getfixturevalue(fixture)[:2]
+    rows = default_validator.platform_rows(path, manifest, [P.arm64()], tokens=P.PLATFORM_EVAL_TOKENS)
+    native, arm = rows[0], rows[-1]
+    assert arm["arch"] == "aarch64" and arm["eval_tokens"] >= 256 and arm["cpu_features"], arm
+    assert arm["vs_native"]["top1_agreement"] >= 0.8, arm  # the same program, kernels differ by rounding only
+    assert not arm["finding"], (f"arm64-only divergence on {path.name}: kld {arm['kld_mean']:.4g} vs x86 "
+                                f"{native['kld_mean']:.4g} (vs x86 logits: {arm['vs_native']})")
+    from smolship.validation.validate import save_platform_rows
+
+    save_platform_rows(path, manifest, rows)  # --record: the manifest names both platforms, the card shows them
+    saved = json.loads((path / "manifest.json").read_text())
+    assert {r["arch"] for r in saved["validation"]["platforms"]} >= {"x86_64", "aarch64"}
+    assert "aarch64" in (path / model_card.CARD).read_text()
+    from smolship.bundle import verify_files
+
+    assert not verify_files(path, saved)  # the re-listed sha256 match the rewritten card
