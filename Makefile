@@ -63,7 +63,7 @@ test-fast: setup
 clean:
 	rm -rf $(OUT) .pytest_cache
 
-# arm64 runtimes under qemu user-mode (.venv/arm64: ~3 GB download, ~4.6 GB disk, ~12 min fresh on 2 cores,
-# mostly llama.cpp's cross-compile; re-runs ~1 s). Pins follow .venv's versions. Details: scripts/arm64_env.py.
+# arm64 runtimes under qemu user-mode in $(VENV)/arm64 (3 GB download, 4.4 GB disk, ~6 min fresh on 2 cores
+# of which llama.cpp's cross-compile ~3; re-runs ~1 s). Pins follow $(VENV)'s versions. See scripts/arm64_env.py.
 setup-arm64: $(STAMP)
 	$(PY) scripts/arm64_env.py --dest $(VENV)/arm64 --venv $(VENV)

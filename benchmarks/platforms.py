@@ -56,6 +56,9 @@ def main() -> None:
         for r in validators[key].platform_rows(bundle, manifest, plats, tokens=a.tokens):
             rows.append({"bundle": bundle.name, "target": manifest["target"], "recipe": manifest["quant"]["recipe"],
                          "model": manifest["source"].get("name"), **r})
+            if "error" in r:
+                print(f"{bundle.name:18} {r['platform']:28} not run: {r['error']}", flush=True)
+                continue
             vs = r.get("vs_native", {})
             print(f"{bundle.name:18} {r['platform']:28} kld {r['kld_mean']:.4f} top1 {r['top1_agreement']:.3f}"
                   + (f"  vs native kld {vs['kld_mean']:.4f} top1 {vs['top1_agreement']:.3f}" if vs else "")

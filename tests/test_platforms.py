@@ -123,6 +123,20 @@ def test_unknown_platforms_fail_before_any_work(tiny_bundles, monkeypatch, tmp_p
         P.parse_arch("arm64")
 
 
+def test_a_build_that_cannot_run_the_bundle_is_a_row_saying_why(tiny_bundles, tiny_validator):
+    """e.g. executorch 1.5.1's aarch64 wheel on an armv8.0 core (SIGILL: LSE atomics), or a build that fails to start:
+    the other platforms are still measured and the report says what did not run."""
+    path, manifest = tiny_bundles("onnx")
+    known = P.Platform("arm64 old (qemu)", (sys.executable,), child_env(), arch="aarch64", cpu="old",
+                       unsupported={"onnx": "needs LSE atomics"})
+    broken = P.Platform("broken", (sys.executable, "-c", "raise SystemExit(3)", "--"), child_env())
+    rows = tiny_validator.platform_rows(path, manifest, [known, broken, P.Platform("again", (sys.executable,), child_env())],
+                                        tokens=64)
+    assert rows[1] == {"platform": "arm64 old (qemu)", "arch": "aarch64", "cpu": "old", "error": "needs LSE atomics"}
+    assert "ended unexpectedly" in rows[2]["error"]
+    assert rows[3]["vs_native"]["kld_mean"] == 0.0  # measured after both
+
+
 # --- arm64 kernels under emulation ----------------------------------------------------------------------
 def _arm64_ready() -> bool:
     return P.arm64_env_file().is_file()
