@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from smolship.exporter import load_model
+from smolship.export import export_bundle
+from smolship.targets import ExportOptions, get_target
 from smolship.validation.parity import ParitySettings
 from smolship.validation.validate import ValidationSettings, Validator
 from matrix_fixtures import local_matrix, matrix_spec  # noqa: F401  (the release matrix, shared by test_matrix and test_ray)
@@ -32,6 +34,32 @@ def quick_settings(eval_tokens: int = 384, latency: bool = False) -> ValidationS
     """Short eval for tests: enough tokens for stable metrics, a few seconds per runtime."""
     return ValidationSettings(eval_tokens=eval_tokens, measure_latency=latency,
                               parity=ParitySettings(greedy_prompts=2, greedy_tokens=16))
+
+
+TINY_OPTIONS = {
+    "executorch": ExportOptions(max_seq_len=128, extra={"max_prefill_len": 64}),
+    "onnx": ExportOptions(max_seq_len=128),
+    "coreml": ExportOptions(max_seq_len=64),
+    "gguf": ExportOptions(max_seq_len=128),
+}
+TINY_RECIPES = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16", "gguf": "q8_0"}
+TINY_PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime_genai", "coreml": "coremltools", "gguf": "llama_cpp"}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model, tiny_validator, tmp_path_factory):
+    """One validated random:tiny bundle per target, exported on first use and shared by the app and platform
+    tests: (path, manifest)."""
+    out, cache = tmp_path_factory.mktemp("tiny_bundles"), {}
+
+    def get(target: str):
+        pytest.importorskip(TINY_PACKAGES[target])
+        if target not in cache:
+            t = get_target(target)
+            cache[target] = export_bundle(tiny_model, target, t.recipes[TINY_RECIPES[target]], out, TINY_OPTIONS[target],
+                                          validator=tiny_validator)
+        return cache[target]
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -36,29 +36,7 @@ from app_settings import android_runner_config, ios_runner_config, kotlin_consta
 ROOT = Path(__file__).resolve().parents[1]
 ANDROID, IOS = ROOT / "examples" / "android", ROOT / "examples" / "ios"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-OPTIONS = {
-    "executorch": ExportOptions(max_seq_len=128, extra={"max_prefill_len": 64}),
-    "onnx": ExportOptions(max_seq_len=128),
-    "coreml": ExportOptions(max_seq_len=64),
-    "gguf": ExportOptions(max_seq_len=128),
-}
-RECIPES = {"executorch": "fp32", "onnx": "fp32", "coreml": "fp16", "gguf": "q8_0"}
-PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime_genai", "coreml": "coremltools", "gguf": "llama_cpp"}
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tiny_model, tiny_validator, tmp_path_factory):
-    """One validated random:tiny bundle per target, exported on first use: (path, manifest)."""
-    out, cache = tmp_path_factory.mktemp("apps"), {}
-
-    def get(target: str):
-        pytest.importorskip(PACKAGES[target])
-        if target not in cache:
-            t = get_target(target)
-            cache[target] = export_bundle(tiny_model, target, t.recipes[RECIPES[target]], out, OPTIONS[target],
-                                          validator=tiny_validator)
-        return cache[target]
-    return get
+from conftest import TINY_RECIPES as RECIPES  # noqa: E402  (the tiny bundles of the shared tiny_bundle fixture)
 
 
 def card_files(card: str) -> set[str]:

@@ -27,23 +27,8 @@ from smolship.validation import platforms as P
 from smolship.validation.hosted import HostedRunner, child_env
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"executorch": "fp32", "onnx": "fp32", "gguf": "q8_0"}
-PACKAGES = {"executorch": "executorch", "onnx": "onnxruntime", "gguf": "llama_cpp"}
+HOSTED = ["executorch", "onnx", "gguf"]  # the targets whose runtimes run off macOS (conftest.tiny_bundle)
 IDS = [1, 504, 3458, 314, 260, 3575, 282, 4649, 47, 2, 17, 9, 300]
-
-
-@pytest.fixture(scope="module")
-def tiny_bundles(tiny_model, tiny_validator, tmp_path_factory):
-    out, cache = tmp_path_factory.mktemp("platforms"), {}
-
-    def get(target: str):
-        pytest.importorskip(PACKAGES[target])
-        if target not in cache:
-            t = get_target(target)
-            cache[target] = export_bundle(tiny_model, target, t.recipes[RECIPES[target]], out,
-                                          ExportOptions(max_seq_len=64), validator=tiny_validator)
-        return cache[target]
-    return get
 
 
 def _logits(runner) -> np.ndarray:
@@ -51,9 +36,9 @@ def _logits(runner) -> np.ndarray:
     return np.concatenate(rows)
 
 
-@pytest.mark.parametrize("target", list(RECIPES))
-def test_hosted_runner_is_the_in_process_runner_bit_for_bit(tiny_bundles, target):
-    path, manifest = tiny_bundles(target)
+@pytest.mark.parametrize("target", HOSTED)
+def test_hosted_runner_is_the_in_process_runner_bit_for_bit(tiny_bundle, target):
+    path, manifest = tiny_bundle(target)
     local = get_target(target).load_runner(path, manifest)
     hosted = HostedRunner(path, [sys.executable], child_env(), "this python")
     try:
@@ -62,15 +47,15 @@ def test_hosted_runner_is_the_in_process_runner_bit_for_bit(tiny_bundles, target
         assert hosted.info["versions"]  # the runtime build that ran is named
         np.testing.assert_array_equal(got, want)
         with pytest.raises(SmolshipError, match="KV cache holds"):  # the runner's own errors come back as errors
-            hosted.prefill(list(range(1, 70)))
+            hosted.prefill(list(range(1, 140)))
         np.testing.assert_array_equal(hosted.prefill(IDS[:5]), want[:5])  # and the host keeps serving
     finally:
         local.close()
         hosted.close()
 
 
-def test_a_dead_runtime_process_is_a_clear_error(tiny_bundles, tmp_path):
-    path, _ = tiny_bundles("onnx")
+def test_a_dead_runtime_process_is_a_clear_error(tiny_bundle, tmp_path):
+    path, _ = tiny_bundle("onnx")
     with pytest.raises(SmolshipError, match="ended unexpectedly"):
         HostedRunner(path, [sys.executable, "-c", "import sys; sys.exit(3)", "--"], child_env(), "broken")
 
@@ -91,10 +76,10 @@ def test_app_runtime_table_is_what_the_app_sources_pin():
         assert (ROOT / rt.pinned_in).is_file()
 
 
-def test_tiny_executorch_bundle_is_proven_in_every_app_runtime(tiny_bundles):
+def test_tiny_executorch_bundle_is_proven_in_every_app_runtime(tiny_bundle):
     """Export validates an ExecuTorch bundle in each pinned runtime version that differs from the exporter's
     (iOS's 1.5.0), and the manifest and model card name each version with its figures."""
-    path, manifest = tiny_bundles("executorch")
+    path, manifest = tiny_bundle("executorch")
     rows = {r["platform"]: r for r in manifest["validation"]["platforms"]}
     exporter = P.installed_version("executorch")
     assert rows["native"]["versions"]["executorch"] == exporter
@@ -111,7 +96,7 @@ def test_tiny_executorch_bundle_is_proven_in_every_app_runtime(tiny_bundles):
         assert f"executorch {version}" in card
 
 
-def test_unknown_platforms_fail_before_any_work(tiny_bundles, monkeypatch, tmp_path):
+def test_unknown_platforms_fail_before_any_work(tiny_bundle, monkeypatch, tmp_path):
     with pytest.raises(SmolshipError, match="not supported"):
         P.parse_arch("riscv64")
     with pytest.raises(SmolshipError, match="cannot run a executorch bundle"):
@@ -123,10 +108,10 @@ def test_unknown_platforms_fail_before_any_work(tiny_bundles, monkeypatch, tmp_p
         P.parse_arch("arm64")
 
 
-def test_a_build_that_cannot_run_the_bundle_is_a_row_saying_why(tiny_bundles, tiny_validator):
+def test_a_build_that_cannot_run_the_bundle_is_a_row_saying_why(tiny_bundle, tiny_validator):
     """e.g. executorch 1.5.1's aarch64 wheel on an armv8.0 core (SIGILL: LSE atomics), or a build that fails to start:
     the other platforms are still measured and the report says what did not run."""
-    path, manifest = tiny_bundles("onnx")
+    path, manifest = tiny_bundle("onnx")
     known = P.Platform("arm64 old (qemu)", (sys.executable,), child_env(), arch="aarch64", cpu="old",
                        unsupported={"onnx": "needs LSE atomics"})
     broken = P.Platform("broken", (sys.executable, "-c", "raise SystemExit(3)", "--"), child_env())
@@ -148,9 +133,9 @@ needs_arm64 = pytest.mark.skipif(not _arm64_ready() and "SMOLSHIP_CI" not in os.
 
 @needs_arm64
 @pytest.mark.parametrize("target", ["onnx", "executorch", "gguf"])
-def test_tiny_bundle_on_arm64_matches_x86(tiny_bundles, tiny_validator, target):
+def test_tiny_bundle_on_arm64_matches_x86(tiny_bundle, tiny_validator, target):
     """fp32 (q8_0 for GGUF) random:tiny on the aarch64 build: an arm64 runtime, arm64 features, logits that agree."""
-    path, manifest = tiny_bundles(target)
+    path, manifest = tiny_bundle(target)
     plat = P.arm64()
     rows = tiny_validator.platform_rows(path, manifest, [plat], tokens=64)
     native, arm = rows
