@@ -27,6 +27,11 @@ from smolship.validation import platforms as P  # noqa: E402
 from smolship.validation.validate import ValidationSettings, Validator, source_for  # noqa: E402
 
 
+def row_key(r: dict) -> tuple:
+    """Rows of one (model, bundle, platform) replace each other across runs."""
+    return r["model"], r["bundle"], r["platform"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundles", nargs="+", type=Path)
@@ -64,10 +69,9 @@ def main() -> None:
                   + (f"  vs native kld {vs['kld_mean']:.4f} top1 {vs['top1_agreement']:.3f}" if vs else "")
                   + ("  FINDING" if r.get("finding") else ""), flush=True)
         print(f"  ({time.time() - t0:.0f} s)")
-    key = lambda r: (r["model"], r["bundle"], r["platform"])  # noqa: E731
-    result = envelope("benchmarks/platforms.py", {"tokens": a.tokens, "cpus": cpus, "apps": not a.no_apps},
-                      merged_rows(a.out, rows, key))
-    write(a.out, result)
+        # written after every bundle: emulation is slow, and a run cut short keeps what it measured
+        write(a.out, envelope("benchmarks/platforms.py", {"tokens": a.tokens, "cpus": cpus, "apps": not a.no_apps},
+                              merged_rows(a.out, rows, row_key)))
     print(f"wrote {a.out}")
 
 
