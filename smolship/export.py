@@ -10,7 +10,7 @@ import json
 import time
 from pathlib import Path
 
-from smolship import chat_format, model_card
+from smolship import cache, chat_format, model_card
 from smolship.bundle import atomic_bundle, new_manifest, write_manifest
 from smolship.exporter.sources import SourceModel
 from smolship.targets import ExportOptions, Recipe, get_target
@@ -31,6 +31,7 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
     target = get_target(target_name)
     parse_knobs(target.knobs, options.extra, target_name)  # unknown or ill-typed extra keys fail before any work
     final = Path(out) / bundle_name(target_name, recipe.name)
+    reused = cache.usage()
     with atomic_bundle(final, force=force) as tmp:
         t0 = time.perf_counter()
         result = target.export(source, recipe, tmp, options, progress)
@@ -46,6 +47,8 @@ def export_bundle(source: SourceModel, target_name: str, recipe: Recipe, out: Pa
         if validator is not None:
             progress("validating", 0.0)
             save_validation(tmp, manifest, validator.validate(tmp, manifest, progress))
+        # what came from the results cache (reference logits, calibration statistics), for the summary line
+        manifest["cache"] = cache.usage_since(reused)
         # for apps: the prompt strings and a model card with the measured figures (then re-list the files)
         model_card.write(tmp, manifest, chat_format.add_to_bundle(tmp, manifest, source.tokenizer))
         write_manifest(tmp, manifest)

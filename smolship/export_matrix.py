@@ -116,7 +116,9 @@ def bundle_done_line(path: Path, manifest: dict, seconds: float) -> str:
     v = manifest.get("validation") or {}
     kld = v.get("kld_mean")
     parity = f"kld_mean {kld:.4f}  top-1 {v.get('top1_agreement', 0):.3f}" if kld is not None else "not validated"
-    return f"[green]done[/] [bold]{Path(path).name:<18}[/] {manifest.get('size_mb', 0):>7.1f} MB  {parity}  ({seconds:.0f} s)"
+    reused = "; ".join(f"{label}: {how}" for label, how in (manifest.get("cache") or {}).items())
+    return (f"[green]done[/] [bold]{Path(path).name:<18}[/] {manifest.get('size_mb', 0):>7.1f} MB  {parity}  ({seconds:.0f} s)"
+            + (f"  [dim]{reused}[/]" if reused else ""))
 
 
 def run_jobs(jobs: list[TargetJob], parallel: int = 1) -> list[TargetOutcome]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from smolship.exporter import load_model
@@ -10,6 +12,18 @@ from smolship.targets import ExportOptions, get_target
 from smolship.validation.parity import ParitySettings
 from smolship.validation.validate import ValidationSettings, Validator
 from matrix_fixtures import local_matrix, matrix_spec  # noqa: F401  (the release matrix, shared by test_matrix and test_ray)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_store(tmp_path_factory):
+    """One results store (smolship/cache.py) for the session: tests and the CLI processes they start share
+    reference logits and statistics with each other, and leave nothing in the user's cache folder."""
+    if os.environ.get("SMOLSHIP_RESULTS_CACHE"):
+        yield os.environ["SMOLSHIP_RESULTS_CACHE"]
+        return
+    os.environ["SMOLSHIP_RESULTS_CACHE"] = str(tmp_path_factory.mktemp("results"))
+    yield os.environ["SMOLSHIP_RESULTS_CACHE"]
+    del os.environ["SMOLSHIP_RESULTS_CACHE"]
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on std
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the runtimes (default: all cores).")
 EvalFileOpt = typer.Option(None, "--eval-file", help="Your own eval text (blank-line separated) or .jsonl.")
 EvalTokensOpt = typer.Option(4096, "--eval-tokens", help="Eval tokens for parity (0 = the whole eval set, ~10k tokens).")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Compute the reference logits and calibration statistics afresh: "
+                          "nothing is read from or left in smolship's results cache (a run still shares them "
+                          "between its own bundles).")
 VerifyOpt = typer.Option(True, "--verify/--no-verify",
                          help="Check every bundle file's sha256 against manifest.json before loading it (on by default).")
 

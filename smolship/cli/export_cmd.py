@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 
 from smolship.bundle import check_output_folder
-from smolship.cli.common import EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, console, out_console, print_json
+from smolship.cli.common import (EvalFileOpt, EvalTokensOpt, JsonOpt, NoCacheOpt, ThreadsOpt, console, out_console,
+                                 print_json)
 from smolship.cli.report_view import bundle_rows_table, columns_for_width
 from smolship.errors import SmolshipError
 from smolship.export import bundle_name
@@ -104,8 +105,10 @@ def export(
     settings_: list[str] = typer.Option([], "--set", help="A target option, TARGET.OPTION=VALUE (repeatable); "
                                         "--options lists them."),
     options_list: bool = typer.Option(False, "--options", help="List every target's --set options and exit."),
+    no_cache: bool = NoCacheOpt,
 ):
     """Export MODEL to one bundle per target and recipe, each validated in its real runtime."""
+    from smolship.cache import run_store
     from smolship.export_matrix import TargetJob, run_jobs, run_target_job
 
     if options_list:
@@ -144,7 +147,8 @@ def export(
                           show_progress=not json_out) for t in targets if any(n == t for n, _ in pairs)]
     t0 = time.perf_counter()
     try:
-        outcomes = [run_target_job(job_list[0])] if len(job_list) == 1 else run_jobs(job_list, jobs)
+        with run_store(not no_cache):
+            outcomes = [run_target_job(job_list[0])] if len(job_list) == 1 else run_jobs(job_list, jobs)
     finally:
         remove_if_only_logs(out, existed)
     failed = [o for o in outcomes if o.error]

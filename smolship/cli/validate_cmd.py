@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from smolship.cli.common import (EvalFileOpt, EvalTokensOpt, JsonOpt, ThreadsOpt, VerifyOpt, open_bundle, out_console,
-                                 print_json, progress_bar)
+from smolship.cli.common import (EvalFileOpt, EvalTokensOpt, JsonOpt, NoCacheOpt, ThreadsOpt, VerifyOpt, open_bundle,
+                                 out_console, print_json, progress_bar)
 from smolship.cli.report_view import bundle_rows_table
 from smolship.errors import SmolshipError
 from smolship.targets import get_target
@@ -42,57 +42,64 @@ def validate(
                                 "manifest and model card."),
     json_out: bool = JsonOpt,
     verify: bool = VerifyOpt,
+    no_cache: bool = NoCacheOpt,
 ):
     """Measure each bundle against the PyTorch reference in its real runtime (and gate it with --gate).
 
     With --arch / --runtime: parity natively and in each named runtime build over the same tokens, side by side."""
+    from smolship import cache
+    from smolship.cache import run_store
     from smolship.preflight import check_validate
 
     check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file)
-    if arch or runtime:
-        return validate_platforms(bundles, arch or [], runtime or [], model, eval_file, platform_tokens, record,
-                                  json_out, verify)
-    if gate or junit:
-        from smolship.validation.gates import check_project_gate, load_project_gate
+    reused = cache.usage()
+    with run_store(not no_cache):
+        if arch or runtime:
+            return validate_platforms(bundles, arch or [], runtime or [], model, eval_file, platform_tokens, record,
+                                      json_out, verify)
+        if gate or junit:
+            from smolship.validation.gates import check_project_gate, load_project_gate
 
-        check_project_gate(load_project_gate())
-    manifests = _manifests(bundles, verify)
-    settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
-                                  latency=LatencySettings(threads=threads))
-    validators: dict[str, Validator] = {}
-    rows = []
-    for bundle, manifest in zip(bundles, manifests):
-        key = manifest["source"].get("sha256") or manifest["source"]["ref"]
-        if key not in validators:
-            validators[key] = Validator(source_for(manifest, model), settings)
-        with progress_bar(not json_out) as progress:
-            result = validators[key].validate(bundle, manifest, progress)
-        rows.append(bundle_row(bundle, manifest, result))
-    gate_results = None
-    if gate or junit:
-        from smolship.validation.gates import Thresholds, check, load_project_gate, thresholds_for
+            check_project_gate(load_project_gate())
+        manifests = _manifests(bundles, verify)
+        settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
+                                      latency=LatencySettings(threads=threads))
+        validators: dict[str, Validator] = {}
+        rows = []
+        for bundle, manifest in zip(bundles, manifests):
+            key = manifest["source"].get("sha256") or manifest["source"]["ref"]
+            if key not in validators:
+                validators[key] = Validator(source_for(manifest, model), settings)
+            with progress_bar(not json_out) as progress:
+                result = validators[key].validate(bundle, manifest, progress)
+            rows.append(bundle_row(bundle, manifest, result))
+        gate_results = None
+        if gate or junit:
+            from smolship.validation.gates import Thresholds, check, load_project_gate, thresholds_for
 
-        project, cli = load_project_gate(), Thresholds(max_kld, min_top1, min_decode_tok_s)
-        gate_results = [check(r, thresholds_for(r["precision"], project, cli)) for r in rows]
-        if junit:
-            from smolship.validation.gates import write_junit
+            project, cli = load_project_gate(), Thresholds(max_kld, min_top1, min_decode_tok_s)
+            gate_results = [check(r, thresholds_for(r["precision"], project, cli)) for r in rows]
+            if junit:
+                from smolship.validation.gates import write_junit
 
-            write_junit(junit, gate_results, rows)
-    if json_out:
-        out = {"machine": machine_info(threads), "rows": rows}
-        if gate_results is not None:
-            out["gate"] = [vars(g) for g in gate_results]
-        print_json(out)
-    else:
-        out_console.print(bundle_rows_table(rows, "smolship validate"))
-        for r in rows:
-            if r.get("runtime_note"):
-                out_console.print(f"[yellow]{r['bundle']}:[/] {r['runtime_note']}")
-        for g in gate_results or []:
-            status = "[green]PASS[/]" if g.passed else "[red]FAIL[/]"
-            out_console.print(f"{status} {g.bundle}" + "".join(f"\n    {m}" for m in g.failures + g.notes))
-    if gate and gate_results and not all(g.passed for g in gate_results):
-        raise typer.Exit(1)
+                write_junit(junit, gate_results, rows)
+        if json_out:
+            out = {"machine": machine_info(threads), "rows": rows, "cache": cache.usage_since(reused)}
+            if gate_results is not None:
+                out["gate"] = [vars(g) for g in gate_results]
+            print_json(out)
+        else:
+            out_console.print(bundle_rows_table(rows, "smolship validate"))
+            for label, how in cache.usage_since(reused).items():
+                out_console.print(f"[dim]{label}: {how}[/]")
+            for r in rows:
+                if r.get("runtime_note"):
+                    out_console.print(f"[yellow]{r['bundle']}:[/] {r['runtime_note']}")
+            for g in gate_results or []:
+                status = "[green]PASS[/]" if g.passed else "[red]FAIL[/]"
+                out_console.print(f"{status} {g.bundle}" + "".join(f"\n    {m}" for m in g.failures + g.notes))
+        if gate and gate_results and not all(g.passed for g in gate_results):
+            raise typer.Exit(1)
 
 
 def validate_platforms(bundles: list[Path], arch: list[str], runtime: list[str], model: Optional[str],

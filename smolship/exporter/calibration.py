@@ -77,14 +77,15 @@ def stats_key(param: str) -> str | None:
     return f"layers.{layer}.{fused}" if param.startswith("layers.") and fused else None
 
 
-def collect(source, sequences: list[list[int]], want_hessian: bool) -> Stats:
-    """Importance (and Hessians) of every fused layer matrix and the lm_head on `sequences`."""
+def collect(source, sequences: list[list[int]], want_hessian: bool, use_cache: bool = True) -> Stats:
+    """Importance (and Hessians) of every fused layer matrix and the lm_head on `sequences`; every target
+    that asks for the same ones of the same model shares one computation (quant.stats.collect's cache)."""
     model = source.build(max_seq_len=max(len(s) for s in sequences) + 1)
     inputs = {"lm_head": "lm_head"}
     for i in range(source.config.num_layers):
         for fused, ref in _SOURCES.items():
             inputs[f"layers.{i}.{fused}"] = f"layers.{i}.{ref}"
-    return collect_stats(model, sequences, inputs, hessian_keys=inputs if want_hessian else ())
+    return collect_stats(model, sequences, inputs, hessian_keys=inputs if want_hessian else (), use_cache=use_cache)
 
 
 def smoothing_scales(calib: Stats, state_dict: dict[str, torch.Tensor], num_layers: int,

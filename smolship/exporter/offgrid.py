@@ -10,8 +10,9 @@ tensors (norms) are kept. Rounding the result to nearest on the file's own grid 
 
 Spec: ``offgrid:smollm2-135m?seed=0&shape=uniform&width=1`` (every key optional). The model is written once
 as a bf16 Hugging Face folder (config.json, model.safetensors, tokenizer files with the chat template,
-generation_config.json) under ``$SMOLSHIP_CACHE`` (default ``~/.cache/smolship``) and loaded like any
-folder, so transformers reads the same files.
+generation_config.json) under smolship's cache folder (``cache.cache_root``: ``$SMOLSHIP_CACHE``, else
+``$XDG_CACHE_HOME/smolship`` or ``~/.cache/smolship``) and loaded like any folder, so transformers reads the
+same files.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def canonical(opts: dict) -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SMOLSHIP_CACHE") or Path.home() / ".cache" / "smolship")
+    from smolship.cache import cache_root
+
+    return cache_root()
 
 
 def half_steps(t) -> np.ndarray:

@@ -30,6 +30,8 @@ def bundle_row(bundle: Path, manifest: dict | None = None, validation: dict | No
         row.setdefault(k, v.get(k))
     if "weight_parity" in v:
         row["weight_parity"] = v["weight_parity"]
+    if manifest.get("cache"):  # what the export took from the results cache
+        row["cache"] = manifest["cache"]
     return row
 
 
