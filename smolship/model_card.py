@@ -14,6 +14,7 @@ from pathlib import Path
 
 from smolship.chat_format import FILE as CHAT_FORMAT_FILE
 from smolship.chat_format import ChatFormat
+from smolship.validation.latency import UNRELIABLE, unreliable
 
 CARD = "README.md"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -56,11 +57,12 @@ def _summary(m: dict) -> list[str]:
     for key in ("kld_mean", "top1_agreement", "max_abs_logit_diff", "greedy_match", "eval_tokens",
                 "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb", "threads"):
         if key in v:
-            lines.append(f"| {key} | {_fmt(v[key])} |")
+            lines.append(f"| {key} | {_fmt(v[key])}{' ' + UNRELIABLE if unreliable(v, key) else ''} |")
     if "decode_tok_s" not in v:
         lines.append("| speed | not measured at export |")
     if v.get("latency_note"):
-        lines += ["", f"Latency note: {v['latency_note']}"]
+        lines += ["", f"Latency note: {'speeds marked ' + UNRELIABLE + ' were measured under load: ' if unreliable(v) else ''}"
+                      f"{v['latency_note']}"]
     return lines + _platforms(v.get("platforms") or [])
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from smolship.cli.common import JsonOpt, out_console, print_json, table
+from smolship.cli.report_view import shown
 
 
 def model_summary(spec: str | None) -> dict:
@@ -58,7 +59,8 @@ def inspect(
                 ["size_mb", manifest["size_mb"]], ["max_seq_len", manifest["max_seq_len"]],
                 ["stop_ids", manifest["tokenizer"]["stop_ids"]], ["files", len(manifest["files"])],
                 ["integrity", "ok" if not bad else f"MISMATCH: {bad}"]]
-        rows += [[k, v[k]] for k in ("kld_mean", "top1_agreement", "max_abs_logit_diff", "decode_tok_s", "prefill_tok_s") if k in v]
+        rows += [[k, shown(v, k)] for k in ("kld_mean", "top1_agreement", "max_abs_logit_diff", "decode_tok_s", "prefill_tok_s")
+                 if k in v]
         out_console.print(table(f"bundle {what}", ["key", "value"], rows))
         if bad:
             raise typer.Exit(1)

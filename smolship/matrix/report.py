@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from smolship.validation.gates import Thresholds, check, load_project_gate, thresholds_for
-from smolship.validation.plots import cell, scatter_svg
+from smolship.validation.plots import row_cell, scatter_svg
 from smolship.validation.report import bundle_row, machine_info
 
 COLUMNS = ["model", "bundle", "size_mb", "kld_mean", "top1_agreement", "nll_delta", "greedy_match", "prefill_tok_s",
@@ -46,7 +46,7 @@ def matrix_report(spec, mjobs, outcomes, jobs_info: dict, seconds: float, backen
 
 def _md_table(rows: list[dict], cols: list[str]) -> list[str]:
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + \
-        ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+        ["| " + " | ".join(row_cell(r, c) for c in cols) + " |" for r in rows]
 
 
 def markdown(report: dict) -> str:
@@ -73,7 +73,7 @@ def markdown(report: dict) -> str:
 
 def _html_table(rows: list[dict], cols: list[str]) -> str:
     head = "".join(f"<th>{c}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(row_cell(r, c))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from smolship.errors import SmolshipError
+from smolship.validation.latency import UNRELIABLE, unreliable
 
 DEFAULTS: dict[str, dict] = {
     "32-bit": {"max_kld": 1e-4, "min_top1": 0.995},
@@ -78,7 +79,10 @@ def check(row: dict, t: Thresholds) -> GateResult:
         if value is None:
             notes.append(f"{metric} not measured ({row.get('runtime_note') or 'no value'}); threshold {sign} {limit} not checked")
         elif not ok(value, limit):
-            failures.append(f"{metric} = {value:.6g} breaks the threshold {sign} {limit:g}")
+            mark = f" {UNRELIABLE}: {row.get('latency_note')}" if unreliable(row, metric) else ""
+            failures.append(f"{metric} = {value:.6g}{mark} breaks the threshold {sign} {limit:g}")
+        elif unreliable(row, metric):
+            notes.append(f"{metric} = {value:.6g} {UNRELIABLE}: {row.get('latency_note')}")
     if not row.get("runtime_ran", True):
         notes.append(f"runtime did not run: {row.get('runtime_note')}")
     return GateResult(row["bundle"], not failures, failures, notes)
@@ -92,7 +96,7 @@ def write_junit(path: Path, results: list[GateResult], rows: list[dict]) -> None
         for f in r.failures:
             ET.SubElement(case, "failure", message=f).text = f
         props = ET.SubElement(case, "properties")
-        for k in ("kld_mean", "top1_agreement", "decode_tok_s", "size_mb"):
+        for k in ("kld_mean", "top1_agreement", "decode_tok_s", "size_mb", "latency_reliable"):
             if row.get(k) is not None:
                 ET.SubElement(props, "property", name=k, value=str(row[k]))
         if r.notes:

@@ -28,6 +28,15 @@ from smolship.runner import Runner
 # median, or other processes used more than OTHERS_LIMIT of the machine's CPU while it ran.
 SPREAD_LIMIT = 0.10
 OTHERS_LIMIT = 0.25
+# The figures that load distorts (memory and size do not move with it), and the mark every table, plot, model
+# card and gate message puts on one of them when reliability() flagged it: never shown as a plain number.
+SPEED_KEYS = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
+UNRELIABLE = "(unreliable)"
+
+
+def unreliable(row: dict, key: str | None = None) -> bool:
+    """Whether `row` (a validation result or report row) holds a flagged latency figure (`key`: that one)."""
+    return row.get("latency_reliable") is False and (key is None or key in SPEED_KEYS)
 
 
 @dataclass(frozen=True)

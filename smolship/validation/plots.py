@@ -1,9 +1,14 @@
-"""Self-contained HTML report: the results table plus two SVG plots inlined (opens offline)."""
+"""Self-contained HTML report: the results table plus two SVG plots inlined (opens offline).
+
+A latency figure that validation flagged as measured under load (`latency.unreliable`) carries
+"(unreliable)" in every cell and is drawn hollow, labelled the same, in the speed plot."""
 
 from __future__ import annotations
 
 import html
 import io
+
+from smolship.validation.latency import SPEED_KEYS, UNRELIABLE, unreliable
 
 TARGET_COLOURS = {"onnx": "#1f77b4", "coreml": "#ff7f0e", "executorch": "#2ca02c", "gguf": "#d62728"}
 
@@ -14,14 +19,26 @@ def scatter_svg(rows: list[dict], x: str, y: str, title: str, logy: bool = False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    speed = y in SPEED_KEYS
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    flagged = False
     for target, colour in TARGET_COLOURS.items():
-        pts = [(r[x], r[y], r["recipe"]) for r in rows if r.get("target") == target and r.get(x) is not None and r.get(y) is not None]
+        pts = [(r[x], r[y], r["recipe"], speed and unreliable(r)) for r in rows
+               if r.get("target") == target and r.get(x) is not None and r.get(y) is not None]
         if not pts:
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, label=target, s=40)
-        for px, py, label in pts:
-            ax.annotate(label, (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        good, bad = [p for p in pts if not p[3]], [p for p in pts if p[3]]
+        if good:
+            ax.scatter([p[0] for p in good], [p[1] for p in good], color=colour, label=target, s=40)
+        if bad:  # measured under load: hollow, and said so beside the point
+            flagged = True
+            ax.scatter([p[0] for p in bad], [p[1] for p in bad], facecolors="none", edgecolors=colour, s=40,
+                       label=None if good else target)
+        for px, py, label, bad_point in pts:
+            ax.annotate(f"{label} {UNRELIABLE}" if bad_point else label, (px, py), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    if flagged:
+        title += f"; hollow = {UNRELIABLE[1:-1]} (measured under load)"
     if logy:
         ax.set_yscale("symlog", linthresh=1e-5)
     ax.set_xlabel(x)
@@ -31,7 +48,8 @@ def scatter_svg(rows: list[dict], x: str, y: str, title: str, logy: bool = False
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # labels stay text: searchable, the mark readable
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]
@@ -42,10 +60,11 @@ def report_html(report: dict, markdown_table: str) -> str:
     cols = ["bundle", "size_mb", "kld_mean", "top1_agreement", "nll_delta", "greedy_match", "prefill_tok_s",
             "decode_tok_s", "ttft_ms", "peak_rss_mb", "runtime_ran"]
     head = "".join(f"<th>{c}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(row_cell(r, c))}</td>" for c in cols) + "</tr>" for r in rows)
     m = report["machine"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
-    notes = sorted({r["runtime_note"] for r in rows if r.get("runtime_note")})
+    notes = sorted({r["runtime_note"] for r in rows if r.get("runtime_note")}
+                   | {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in rows if unreliable(r)})
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>smolship report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:2em}}</style></head><body>
@@ -64,3 +83,9 @@ def cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 0.01 else f"{v:.4g}"
     return "-" if v is None else str(v)
+
+
+def row_cell(row: dict, col: str) -> str:
+    """A report row's value as text, marked when it is a latency figure measured under load."""
+    text = cell(row.get(col))
+    return f"{text} {UNRELIABLE}" if row.get(col) is not None and unreliable(row, col) else text

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from smolship import __version__
 from smolship.bundle import read_manifest
-from smolship.validation.plots import cell, report_html
+from smolship.validation.latency import unreliable
+from smolship.validation.plots import report_html, row_cell
 
 ROW_KEYS = ["target", "recipe", "precision", "size_mb", "kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
             "nll_ref", "nll_delta", "greedy_match", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb",
             "threads", "runtime_ran", "runtime_note", "latency_reliable", "latency_note"]
-LATENCY_COLS = ("prefill_tok_s", "decode_tok_s", "ttft_ms")
 
 
 def bundle_row(bundle: Path, manifest: dict | None = None, validation: dict | None = None) -> dict:
@@ -63,13 +63,10 @@ def markdown(report: dict) -> str:
              f"{report['machine']['threads']} threads; libraries: "
              + ", ".join(f"{k} {v}" for k, v in report["machine"]["libraries"].items()), "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in report["rows"]:
-        unreliable = r.get("latency_reliable") is False  # measured under load: marked, never shown as fact
-        lines.append("| " + " | ".join(cell(r.get(c)) + (" (unreliable)" if unreliable and c in LATENCY_COLS else "")
-                                       for c in cols) + " |")
+    for r in report["rows"]:  # a latency figure measured under load is marked, never shown as fact
+        lines.append("| " + " | ".join(row_cell(r, c) for c in cols) + " |")
     notes = {r["runtime_note"] for r in report["rows"] if r.get("runtime_note")}
-    notes |= {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in report["rows"]
-              if r.get("latency_reliable") is False}
+    notes |= {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in report["rows"] if unreliable(r)}
     lines += [""] + [f"- {n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
 
