@@ -1,6 +1,10 @@
 """Several targets in one command: one worker process per target (a crash in one cannot lose the
 others), `--jobs N` of them at a time, and the parity budget (`--max-kld`): the smallest recipe whose
 measured kld_mean fits wins.
+
+Parity does not depend on what else runs, latency does: with `TargetJob.latency_after` a job measures
+parity only, and `measure_latency_after` times every bundle of the run once all exports have finished, one
+bundle at a time, so parallel exports never publish the speeds of a loaded machine.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import multiprocessing as mp
 import shutil
 import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from smolship.errors import SmolshipError
@@ -30,6 +34,7 @@ class TargetJob:
     force: bool = False
     max_kld: float | None = None
     show_progress: bool = True
+    latency_after: bool = False  # parity here; latency by measure_latency_after once every export is done
 
 
 @dataclass
@@ -77,7 +82,8 @@ def run_target_job(job: TargetJob, progress_for=None) -> TargetOutcome:
         try:
             target = get_target(job.target)
             source = load_model(job.model)
-            validator = Validator(source, job.settings) if job.settings is not None else None
+            settings = replace(job.settings, measure_latency=False) if job.latency_after and job.settings else job.settings
+            validator = Validator(source, settings) if settings is not None else None
             recipes = budget_order(target) if job.max_kld is not None else job.recipes
             for name in recipes:
                 t0 = time.perf_counter()
@@ -134,3 +140,43 @@ def run_jobs(jobs: list[TargetJob], parallel: int = 1) -> list[TargetOutcome]:
                 outcomes.append(TargetOutcome(job.target, error=f"the {job.target} worker process died ({type(e).__name__}: {e})",
                                               fix="Run this target alone to see what failed; check free memory."))
     return outcomes
+
+
+def measure_latency_after(outcomes: list[TargetOutcome], settings, show_progress: bool = True) -> None:
+    """Latency of every bundle in `outcomes`, each alone in a fresh worker process after all exports have
+    finished, written into its manifest and model card (validate.save_latency). A bundle whose latency
+    cannot be measured is removed and its target reported as failed, as an export whose validation fails
+    leaves nothing. `settings`: LatencySettings."""
+    from rich.console import Console
+
+    from smolship.bundle import read_manifest
+    from smolship.validation.latency import latency_in_worker
+    from smolship.validation.validate import save_latency
+
+    screen = Console(stderr=True, highlight=False)
+    for outcome in outcomes:
+        for bundle in list(outcome.bundles):
+            manifest = read_manifest(Path(bundle))
+            if not (manifest.get("validation") or {}).get("runtime_ran"):
+                continue  # Core ML off macOS: no runtime to time (the report says so)
+            try:
+                result = latency_in_worker(bundle, settings)
+            except Exception as e:  # noqa: BLE001 - the worker failed or timed out: this bundle, not the run
+                shutil.rmtree(bundle, ignore_errors=True)
+                outcome.bundles.remove(bundle)
+                problem = e.problem if isinstance(e, SmolshipError) else f"{type(e).__name__}: {e}"
+                outcome.error = f"{Path(bundle).name}: latency could not be measured: {problem}"
+                outcome.fix = e.fix if isinstance(e, SmolshipError) else "Run `smolship bench` on the bundle to see why."
+                continue
+            save_latency(Path(bundle), manifest, result)
+            if show_progress:
+                screen.print(speed_line(Path(bundle), result))
+
+
+def speed_line(path: Path, result: dict) -> str:
+    """One line per bundle of the latency pass, its mark included when the machine was loaded."""
+    from smolship.validation.latency import UNRELIABLE
+
+    mark = f"  [yellow]{UNRELIABLE}: {result.get('latency_note')}[/]" if result.get("latency_reliable") is False else ""
+    return (f"[green]speed[/] [bold]{path.name:<18}[/] decode {result['decode_tok_s']:>7.1f} tok/s  prefill "
+            f"{result['prefill_tok_s']:>7.1f} tok/s  ttft {result['ttft_ms']:.0f} ms{mark}")

@@ -9,7 +9,8 @@ Peak memory of export + validation, random 1.7B (6.84 GB of fp32 weights, --max-
 DESIGN.md / README: Core ML w4 17.1 GB (2.50x), ONNX int4 17.3 GB (2.53x), ExecuTorch 8da4w 14.5 GB
 (2.12x). The estimate is WEIGHT_FACTOR x the fp32 weights (GGUF, unmeasured at 1.7B, takes the highest)
 plus the fp32 KV cache plus 0.5 GB of runtime: 18.8 GB for ONNX at 1.7B, 8% above its measured peak.
-`SMOLSHIP_SKIP_MEMORY_CHECK=1` turns the memory refusal into a warning.
+`SMOLSHIP_SKIP_MEMORY_CHECK=1` turns the memory refusal into a warning. The same estimate sizes `--jobs auto`
+(`auto_jobs`): as many target processes at once as there are cores and free memory for.
 """
 
 from __future__ import annotations
@@ -142,20 +143,54 @@ def check_memory(cfg: LlamaConfig, max_seq_len: int, targets: list[str] = ("onnx
                         "(SMOLSHIP_SKIP_MEMORY_CHECK=1 tries anyway).")
 
 
-def check_export(model, targets: list[str], max_seq_len: int, eval_tokens, threads, jobs: int,
-                 max_kld, validate: bool) -> tuple[int, list[str]]:
-    """Every numeric option of `smolship export`; returns (effective max_seq_len, notes for the user)."""
+def parse_jobs(value) -> int | str:
+    """--jobs: a count of at least 1, or "auto"."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        jobs = int(str(value))
+    except ValueError:
+        raise SmolshipError(f"--jobs '{value}' is neither a number nor 'auto'.",
+                            "Pass --jobs auto (as many as the cores and free memory hold) or a count such as --jobs 2.") from None
+    check_int("--jobs", jobs, 1, None, "one process per target")
+    return jobs
+
+
+def auto_jobs(cfg: LlamaConfig | None, max_seq_len: int, targets: list[str], cores: int | None = None,
+              available: int | None = None) -> tuple[int, str]:
+    """--jobs auto: the most target processes the cores and the free memory hold at once (memory summed over
+    the hungriest targets, as check_memory does); (count, a note saying why)."""
+    cores = cores or os.cpu_count() or 1
+    if cfg is None:
+        return 1, "--jobs auto: 1 (this model's size is not known before it loads, so its memory cannot be estimated)"
+    free = available_memory_bytes() if available is None else available
+    jobs = 1
+    for k in range(2, min(cores, len(targets)) + 1):
+        if export_memory_bytes(cfg, max_seq_len, targets, k) <= free:
+            jobs = k
+    per_job = export_memory_bytes(cfg, max_seq_len, targets, 1)
+    return jobs, (f"--jobs auto: {jobs} export process{'es' if jobs > 1 else ''} at once ({cores} cores, "
+                  f"{free / GB:.1f} GB free, up to {per_job / GB:.1f} GB per process)")
+
+
+def check_export(model, targets: list[str], max_seq_len: int, eval_tokens, threads, jobs: int | str,
+                 max_kld, validate: bool) -> tuple[int, list[str], int]:
+    """Every numeric option of `smolship export`; returns (effective max_seq_len, notes for the user, the
+    number of target processes to run at once: `jobs`, or what auto_jobs picks for "auto")."""
     check_int("--eval-tokens", eval_tokens, 0, None, "0 means the whole eval set")
     check_threads(threads)
-    check_int("--jobs", jobs, 1, None, "one process per target")
+    jobs = parse_jobs(jobs)
     check_float("--max-kld", max_kld, 0.0, lo_open=True)
     cfg = peek_config(model)
     max_seq_len, note = check_max_seq_len(max_seq_len, cfg)
     notes = [note] if note else []
+    if jobs == "auto":
+        jobs, note = auto_jobs(cfg, max_seq_len, targets)
+        notes += [note] if len(targets) > 1 else []
     if cfg is not None:
         warning = check_memory(cfg, max_seq_len, targets, min(jobs, len(targets)))
         notes += [warning] if warning else []
-    return max_seq_len, notes
+    return max_seq_len, notes, jobs
 
 
 def check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file=None) -> None:

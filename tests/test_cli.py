@@ -34,6 +34,8 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
      ["for the gguf target, which this export does not run"]),
     (["export", "random:tiny", "--target", "onnx", "--set", "lm_head_bits=4", "--out", "{out}"],
      ["is not TARGET.OPTION=VALUE"]),
+    (["export", "random:tiny", "--target", "gguf", "--jobs", "many", "--out", "{out}"],
+     ["--jobs 'many' is neither a number nor 'auto'"]),
 ])
 def test_bad_export_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needles):
     out = tmp_path / "out"

@@ -240,8 +240,8 @@ def test_memory_estimate_refuses_a_machine_too_small(monkeypatch):
 
 
 def test_export_preflight_reads_the_model_config_cheaply():
-    seq, notes = check_export(None, ["gguf"], 4096, 0, None, 1, None, True)  # the real default model's header
-    assert seq == 4096 and notes == []
+    seq, notes, jobs = check_export(None, ["gguf"], 4096, 0, None, 1, None, True)  # the real default model's header
+    assert seq == 4096 and notes == [] and jobs == 1
     with pytest.raises(SmolshipError, match="8192 positions"):
         check_export(None, ["gguf"], 8193, 0, None, 1, None, True)
 

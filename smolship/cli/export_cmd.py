@@ -95,7 +95,9 @@ def export(
     max_seq_len: int = typer.Option(2048, "--max-seq-len", help="KV-cache size of the artifact."),
     keep_embeddings_fp: bool = typer.Option(False, "--keep-embeddings-fp", help="Keep embedding/lm_head in 16-bit in low-bit recipes."),
     max_kld: Optional[float] = typer.Option(None, "--max-kld", help="Parity budget: keep the smallest recipe with kld_mean ≤ this."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Targets exported in parallel (one process each)."),
+    jobs: str = typer.Option("1", "--jobs", "-j", help="Targets exported in parallel (one process each), or auto: "
+                             "as many as the cores and free memory hold. Latency is measured after every export, "
+                             "one bundle at a time."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Measure parity and latency (on by default)."),
     eval_file: Optional[Path] = EvalFileOpt,
@@ -109,7 +111,7 @@ def export(
 ):
     """Export MODEL to one bundle per target and recipe, each validated in its real runtime."""
     from smolship.cache import run_store
-    from smolship.export_matrix import TargetJob, run_jobs, run_target_job
+    from smolship.export_matrix import TargetJob, measure_latency_after, run_jobs, run_target_job
 
     if options_list:
         print_options()
@@ -126,7 +128,7 @@ def export(
     # numeric options and memory, before any work (issue 17; smolship/preflight.py)
     from smolship.preflight import check_export
 
-    max_seq_len, notes = check_export(model, targets, max_seq_len, eval_tokens, threads, jobs, max_kld, validate)
+    max_seq_len, notes, jobs = check_export(model, targets, max_seq_len, eval_tokens, threads, jobs, max_kld, validate)
     for note in notes:
         console.print(f"[yellow]Note:[/] {note}")
     check_output_folder(out)
@@ -143,12 +145,14 @@ def export(
                                       latency=LatencySettings(threads=threads))
     options = ExportOptions(max_seq_len=max_seq_len, keep_embeddings_fp=keep_embeddings_fp)
     job_list = [TargetJob(model, t, [r.name for n, r in pairs if n == t], out, replace(options, extra=extras.get(t, {})),
-                          settings, force, max_kld,
-                          show_progress=not json_out) for t in targets if any(n == t for n, _ in pairs)]
+                          settings, force, max_kld, show_progress=not json_out, latency_after=True)
+                for t in targets if any(n == t for n, _ in pairs)]
     t0 = time.perf_counter()
     try:
         with run_store(not no_cache):
             outcomes = [run_target_job(job_list[0])] if len(job_list) == 1 else run_jobs(job_list, jobs)
+        if settings is not None:  # on a machine no export is loading any more, one bundle at a time
+            measure_latency_after(outcomes, settings.latency, show_progress=not json_out)
     finally:
         remove_if_only_logs(out, existed)
     failed = [o for o in outcomes if o.error]

@@ -126,6 +126,18 @@ def save_validation(bundle: Path, manifest: dict, result: dict) -> None:
     (Path(bundle) / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
 
+def save_latency(bundle: Path, manifest: dict, latency: dict) -> None:
+    """Add latency measured after the export (export_matrix.measure_latency_after) to a published bundle:
+    the manifest's validation, the model card, then the files' sha256 again."""
+    from smolship import chat_format, model_card
+    from smolship.bundle import write_manifest
+
+    manifest["validation"] = {**(manifest.get("validation") or {}), **latency}
+    fmt = chat_format.read(bundle) if (Path(bundle) / chat_format.FILE).is_file() else None
+    model_card.write(bundle, manifest, fmt)
+    write_manifest(bundle, manifest)
+
+
 def save_platform_rows(bundle: Path, manifest: dict, rows: list[dict]) -> None:
     """Merge platform rows into the manifest (a platform measured again replaces its row), rewrite the
     model card from it and re-list the files' sha256."""
