@@ -35,6 +35,7 @@ import numpy as np
 ENTRY = "entry.json"
 DEFAULT_MAX_GB = 4.0
 FORMAT = 1  # entry layout version: part of every key
+STALE_SECONDS = 3600  # a hidden partial entry older than this was left by a killed writer
 _stores: dict[tuple[str, int], "Store"] = {}
 _usage: dict[str, Counter] = {}
 
@@ -202,23 +203,40 @@ class Store:
 
     def cached(self, kind: str, key: dict, compute: Callable[[], dict[str, np.ndarray]], label: str,
                mmap: bool = False) -> dict[str, np.ndarray]:
-        """The entry's arrays, computed (once across processes, under the entry's lock) when missing."""
+        """The entry's arrays, computed (once across processes, under the entry's lock) when missing. A cache
+        folder that cannot be written (read-only home, full disk) costs the reuse, never the computation."""
         got = self.get(kind, key, mmap)
-        if got is None:
-            with self.lock(kind, key):
-                got = self.get(kind, key, mmap)  # another worker may have computed it meanwhile
-                if got is None:
-                    note(label, False)
-                    got = compute()
+        if got is not None:
+            note(label, True)
+            return got
+        try:
+            lock = self.lock(kind, key)
+            lock.acquire()
+        except OSError:
+            lock = None
+        try:
+            got = self.get(kind, key, mmap) if lock else None  # another worker may have computed it meanwhile
+            if got is not None:
+                note(label, True)
+                return got
+            note(label, False)
+            got = compute()
+            if lock:
+                try:
                     self.put(kind, key, got)
-                    return got
-        note(label, True)
-        return got
+                except OSError:
+                    pass
+            return got
+        finally:
+            if lock:
+                lock.release()
 
     def entries(self) -> list[tuple[float, int, Path]]:
         """(last use, bytes, folder) of every complete entry."""
         out = []
         for meta in self.folder.glob(f"*/*/{ENTRY}"):
+            if meta.parent.name.startswith("."):  # being written (or left by a killed writer: evict removes it)
+                continue
             try:
                 info = json.loads(meta.read_text())
                 out.append((meta.stat().st_mtime, sum(f["bytes"] for f in info["arrays"].values()), meta.parent))
@@ -231,9 +249,14 @@ class Store:
 
     def evict(self) -> list[Path]:
         """Delete least recently used entries until the store fits its bound; returns what went."""
+        gone = []
+        for partial in self.folder.glob("*/.*"):  # a writer killed mid-entry: gone after an hour
+            with contextlib.suppress(OSError):
+                if partial.is_dir() and time.time() - partial.stat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    gone.append(partial)
         entries = sorted(self.entries())
         total = sum(b for _, b, _ in entries)
-        gone = []
         for _, size, folder in entries:
             if total <= self.limit:
                 break

@@ -161,3 +161,22 @@ def test_a_second_export_reuses_the_cache_and_says_so_and_no_cache_bypasses_it(t
     assert "reference logits: computed" in _cli(tmp_path, *validate, "--no-cache").stdout
     assert _snapshot(results) == stored
     assert "reference logits: cached" in _cli(tmp_path, *validate).stdout
+
+
+def test_an_unwritable_cache_costs_the_reuse_not_the_computation(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = cache.Store(blocker / "results", limit=10**9)  # nothing can be created under a file
+    got = store.cached("k", {"a": 1}, lambda: {"x": np.ones(3, dtype=np.float32)}, "test")
+    assert np.array_equal(got["x"], np.ones(3))
+
+
+def test_a_killed_writers_partial_entry_is_ignored_then_removed(tmp_path):
+    store = cache.Store(tmp_path, limit=10**9)
+    partial = tmp_path / "k" / ".0123abcd-xyz"
+    partial.mkdir(parents=True)
+    (partial / cache.ENTRY).write_text(json.dumps({"arrays": {"x": {"bytes": 10**12}}}))
+    assert store.entries() == []
+    old = time.time() - 2 * cache.STALE_SECONDS
+    os.utime(partial, (old, old))
+    assert partial in store.evict() and not partial.exists()
