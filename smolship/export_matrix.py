@@ -56,12 +56,13 @@ def budget_order(target) -> list[str]:
     return sorted(names, key=lambda n: (PRECISION_ORDER.index(target.recipes[n].precision), names.index(n)))
 
 
-def run_target_job(job: TargetJob, progress_for=None) -> TargetOutcome:
+def run_target_job(job: TargetJob, progress_for=None, say=None) -> TargetOutcome:
     """Runs in a worker process: export (and validate) every recipe of one target.
 
     Library output (converters' progress bars, C++ runtime logs, warnings) goes to OUT/export-<target>.log;
     the terminal gets one progress display per bundle and one summary line when it is done, unless
-    `progress_for(bundle label)` gives the progress(desc, fraction) callback (a matrix job streams it to its driver).
+    `progress_for(bundle label)` gives the progress(desc, fraction) callback (a matrix job streams it to its driver;
+    parallel export workers to the parent, with `say(label, line)` for the summary line).
     """
     import time
 
@@ -94,7 +95,8 @@ def run_target_job(job: TargetJob, progress_for=None) -> TargetOutcome:
                     path, manifest = export_bundle(source, job.target, target.recipes[name], job.out, job.options,
                                                    validator, job.force, progress)
                 if job.show_progress:
-                    screen.print(bundle_done_line(path, manifest, time.perf_counter() - t0))
+                    line = bundle_done_line(path, manifest, time.perf_counter() - t0)
+                    say(label, line) if say else screen.print(line)
                 if job.max_kld is None:
                     outcome.bundles.append(str(path))
                     continue
@@ -127,11 +129,34 @@ def bundle_done_line(path: Path, manifest: dict, seconds: float) -> str:
             + (f"  [dim]{reused}[/]" if reused else ""))
 
 
+_events = None  # in a run_jobs worker: the queue to the parent's display
+
+
+def _attach(events) -> None:
+    global _events
+    _events = events
+
+
+def _run_reporting(job: TargetJob) -> TargetOutcome:
+    """run_target_job in a run_jobs worker, its progress and summary lines drawn by the parent."""
+    if _events is None or not job.show_progress:
+        return run_target_job(job)
+    put = _events.put
+    return run_target_job(job, progress_for=lambda label: (lambda desc, frac: put(("progress", label, desc, frac))),
+                          say=lambda label, line: put(("line", label, line)))
+
+
 def run_jobs(jobs: list[TargetJob], parallel: int = 1) -> list[TargetOutcome]:
-    """One fresh process per target (spawned, so no state leaks between runtimes)."""
+    """One fresh process per target (spawned, so no state leaks between runtimes); the parent draws every
+    worker's progress, one line per bundle (logs.progress_from)."""
+    from smolship.logs import progress_from
+
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=ctx, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(run_target_job, j) for j in jobs]
+    events = ctx.Queue() if any(j.show_progress for j in jobs) else None
+    display = progress_from(events) if events is not None else contextlib.nullcontext()
+    with display, ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=ctx, max_tasks_per_child=1,
+                                      initializer=_attach, initargs=(events,)) as pool:
+        futures = [pool.submit(_run_reporting, j) for j in jobs]
         outcomes = []
         for job, fut in zip(jobs, futures):
             try:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -82,3 +83,41 @@ def progress_bar(enabled: bool = True, on: Console | None = None, label: str = "
                   redirect_stdout=False, redirect_stderr=False) as bar:
         task = bar.add_task(prefix + "starting", total=1.0)
         yield lambda desc, frac: bar.update(task, description=prefix + desc[:50], completed=max(0.0, min(1.0, frac)))
+
+
+@contextlib.contextmanager
+def progress_from(events, on: Console | None = None) -> Iterator[None]:
+    """Draw what worker processes send through the queue `events`: ("progress", label, desc, fraction) as one
+    live line per bundle, ("line", label, text) as a plain line above them (the bundle's line then goes).
+
+    Parallel workers drawing their own bars on one terminal would erase each other's lines; here one
+    process draws them all."""
+    on = on or Console(stderr=True, highlight=False)
+    live = on.is_terminal
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                   TimeElapsedColumn(), console=on, transient=True, disable=not live,
+                   redirect_stdout=False, redirect_stderr=False)
+    tasks: dict[str, int] = {}
+
+    def pump() -> None:
+        while (item := events.get()) is not None:
+            kind, label = item[0], item[1]
+            if kind == "progress" and live:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(f"[bold]{label}[/]", total=1.0)
+                bar.update(tasks[label], description=f"[bold]{label}[/] {item[2][:50]}",
+                           completed=max(0.0, min(1.0, item[3])))
+            elif kind == "line":
+                if label in tasks:
+                    bar.update(tasks[label], visible=False)
+                bar.console.print(item[2], highlight=False)
+
+    with bar:
+        thread = threading.Thread(target=pump, name="smolship-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            events.put(None)
+            thread.join()
+

@@ -36,7 +36,7 @@ def test_jobs_auto_takes_what_the_cores_and_free_memory_hold():
             parse_jobs(bad)
 
 
-def test_parallel_exports_leave_latency_to_one_bundle_at_a_time_afterwards(tmp_path):
+def test_parallel_exports_leave_latency_to_one_bundle_at_a_time_afterwards(tmp_path, capsys):
     from smolship.bundle import verify_bundle
     from smolship.export_matrix import TargetJob, measure_latency_after, run_jobs
     from smolship.targets import ExportOptions
@@ -46,10 +46,12 @@ def test_parallel_exports_leave_latency_to_one_bundle_at_a_time_afterwards(tmp_p
 
     latency = LatencySettings(prompt_tokens=16, new_tokens=8, runs=1)
     settings = ValidationSettings(eval_tokens=128, latency=latency, parity=ParitySettings(greedy_prompts=1, greedy_tokens=8))
-    jobs = [TargetJob("random:tiny", t, [r], tmp_path, ExportOptions(max_seq_len=256), settings, show_progress=False,
-                      latency_after=True) for t, r in (("gguf", "q8_0"), ("onnx", "fp32"))]
+    jobs = [TargetJob("random:tiny", t, [r], tmp_path, ExportOptions(max_seq_len=256), settings, latency_after=True)
+            for t, r in (("gguf", "q8_0"), ("onnx", "fp32"))]
     outcomes = run_jobs(jobs, parallel=2)
     assert [o.error for o in outcomes] == [None, None]
+    shown = capsys.readouterr().err  # both workers' lines, drawn by this process
+    assert "done gguf-q8_0" in shown and "done onnx-fp32" in shown
     bundles = [Path(b) for o in outcomes for b in o.bundles]
     assert len(bundles) == 2
     for b in bundles:  # parity in the export jobs, no speed taken while the other one exported
@@ -97,3 +99,21 @@ def test_a_bundle_whose_latency_fails_is_removed_and_its_target_reported(tmp_pat
     measure_latency_after([outcome], settings.latency, show_progress=False)
     assert not bundle.exists() and outcome.bundles == []
     assert "gguf-q8_0: latency could not be measured" in outcome.error
+
+
+def test_the_parent_draws_every_workers_lines():
+    import queue
+
+    from rich.console import Console
+
+    from smolship.logs import progress_from
+
+    events, console = queue.Queue(), Console(record=True, width=120)
+    with progress_from(events, on=console):
+        events.put(("progress", "onnx-int8", "torch.onnx export", 0.3))
+        events.put(("progress", "gguf-q8_0", "quantizing", 0.5))
+        events.put(("line", "onnx-int8", "done onnx-int8  3.7 MB"))
+        events.put(("line", "gguf-q8_0", "done gguf-q8_0  5.2 MB"))
+    text = console.export_text()
+    assert text.index("done onnx-int8") < text.index("done gguf-q8_0")
+

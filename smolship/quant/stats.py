@@ -21,6 +21,7 @@ from smolship import cache, fingerprint
 
 LABEL = "calibration statistics"  # what the export's summary calls a reuse
 
+
 @dataclass
 class Stats:
     importance: dict[str, torch.Tensor]  # key -> (K,)
