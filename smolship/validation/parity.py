@@ -130,7 +130,7 @@ def measure_parity(runner: Runner, ref: ReferenceCache, docs: list[EvalDoc],
         nll_ref.append(-lp_ref[rows, targets])
         nll_run.append(-lp_run[rows, targets])
         if progress:
-            progress(f"parity {doc.id}", (i + 1) / (len(docs) + settings.greedy_prompts))
+            progress(f"parity {i + 1}/{len(docs)} ({doc.id})", (i + 1) / (len(docs) + settings.greedy_prompts))
     kl = np.concatenate(kl_all).clip(min=0.0)  # tiny negatives are float noise
     matches = []
     for j, doc in enumerate(docs[: settings.greedy_prompts]):
