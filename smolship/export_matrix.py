@@ -35,6 +35,7 @@ class TargetJob:
     max_kld: float | None = None
     show_progress: bool = True
     latency_after: bool = False  # parity here; latency by measure_latency_after once every export is done
+    log_name: str | None = None  # under `out`; default export-<target>.log
 
 
 @dataclass
@@ -48,6 +49,27 @@ class TargetOutcome:
     manifests: list[dict] = field(default_factory=list)  # of `bundles`, for a driver that cannot read them (URLs)
     host: str | None = None  # where a matrix job ran, and for how long
     seconds: float | None = None
+
+
+# What one bundle of each target costs to export and validate, relative to GGUF (the default model on a quiet
+# 2-core machine, issue 26: ExecuTorch 261-316 s, Core ML 98-131 s, ONNX 112-127 s, GGUF 93-94 s).
+BUNDLE_COST = {"executorch": 3.0, "onnx": 1.3, "coreml": 1.2, "gguf": 1.0}
+
+
+def one_job_per_bundle(jobs: list[TargetJob]) -> list[TargetJob]:
+    """Split target jobs into one job per bundle, scheduled for `run_jobs`: the cheapest bundle first (a
+    newcomer sees a finished bundle within minutes), then the most expensive first, so the long exports do
+    not end up alone at the end of the run. A parity-budget job (max_kld) keeps its recipes together: it
+    stops at the first one that fits."""
+    split = [replace(j, recipes=[r], log_name=f"export-{j.target}-{r}.log") if j.max_kld is None else j
+             for j in jobs for r in (j.recipes if j.max_kld is None else [None])]
+    if len(split) < 3:
+        return split
+    def cost(job):
+        return BUNDLE_COST.get(job.target, 1.0) * len(job.recipes)
+
+    first = min(split, key=cost)
+    return [first] + sorted((j for j in split if j is not first), key=cost, reverse=True)
 
 
 def budget_order(target) -> list[str]:
@@ -77,7 +99,7 @@ def run_target_job(job: TargetJob, progress_for=None, say=None) -> TargetOutcome
     quiet_library_logs()  # a spawned process: the parent's logging setup does not carry over
     outcome = TargetOutcome(job.target)
     Path(job.out).mkdir(parents=True, exist_ok=True)
-    outcome.log = str(Path(job.out) / f"export-{job.target}.log")
+    outcome.log = str(Path(job.out) / (job.log_name or f"export-{job.target}.log"))
     with library_output_to(Path(outcome.log)) as terminal:
         screen = Console(file=terminal, highlight=False)
         try:

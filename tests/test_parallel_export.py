@@ -117,3 +117,21 @@ def test_the_parent_draws_every_workers_lines():
     text = console.export_text()
     assert text.index("done onnx-int8") < text.index("done gguf-q8_0")
 
+
+
+def test_one_job_per_bundle_puts_a_quick_bundle_first_then_the_longest():
+    from smolship.export_matrix import TargetJob, one_job_per_bundle
+    from smolship.targets import ExportOptions
+
+    opts = ExportOptions()
+    jobs = [TargetJob(None, "onnx", ["int8", "int4"], Path("o"), opts, None),
+            TargetJob(None, "gguf", ["q8_0", "q4_k_m"], Path("o"), opts, None),
+            TargetJob(None, "executorch", ["8da8w", "8da4w"], Path("o"), opts, None)]
+    split = one_job_per_bundle(jobs)
+    assert [(j.target, j.recipes) for j in split] == [
+        ("gguf", ["q8_0"]),                                     # a finished bundle within minutes
+        ("executorch", ["8da8w"]), ("executorch", ["8da4w"]),   # then the longest first
+        ("onnx", ["int8"]), ("onnx", ["int4"]), ("gguf", ["q4_k_m"])]
+    assert len({j.log_name for j in split}) == 6 and split[0].log_name == "export-gguf-q8_0.log"
+    budget = TargetJob(None, "onnx", ["int4", "int8"], Path("o"), opts, None, max_kld=0.01)
+    assert one_job_per_bundle([budget]) == [budget]  # a parity budget stops at the first recipe that fits

@@ -95,9 +95,9 @@ def export(
     max_seq_len: int = typer.Option(2048, "--max-seq-len", help="KV-cache size of the artifact."),
     keep_embeddings_fp: bool = typer.Option(False, "--keep-embeddings-fp", help="Keep embedding/lm_head in 16-bit in low-bit recipes."),
     max_kld: Optional[float] = typer.Option(None, "--max-kld", help="Parity budget: keep the smallest recipe with kld_mean ≤ this."),
-    jobs: str = typer.Option("1", "--jobs", "-j", help="Targets exported in parallel (one process each), or auto: "
-                             "as many as the cores and free memory hold. Latency is measured after every export, "
-                             "one bundle at a time."),
+    jobs: str = typer.Option("auto", "--jobs", "-j", help="Bundles exported in parallel (one process each): auto "
+                             "(as many as the cores and free memory hold) or a count. Latency is measured after "
+                             "every export, one bundle at a time."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Measure parity and latency (on by default)."),
     eval_file: Optional[Path] = EvalFileOpt,
@@ -111,7 +111,7 @@ def export(
 ):
     """Export MODEL to one bundle per target and recipe, each validated in its real runtime."""
     from smolship.cache import run_store
-    from smolship.export_matrix import TargetJob, measure_latency_after, run_jobs, run_target_job
+    from smolship.export_matrix import TargetJob, measure_latency_after, one_job_per_bundle, run_jobs, run_target_job
 
     if options_list:
         print_options()
@@ -128,7 +128,9 @@ def export(
     # numeric options and memory, before any work (issue 17; smolship/preflight.py)
     from smolship.preflight import check_export
 
-    max_seq_len, notes, jobs = check_export(model, targets, max_seq_len, eval_tokens, threads, jobs, max_kld, validate)
+    # one entry per bundle: --jobs auto and the memory check count export processes, one per bundle
+    max_seq_len, notes, jobs = check_export(model, [n for n, _ in pairs] if max_kld is None else targets, max_seq_len,
+                                            eval_tokens, threads, jobs, max_kld, validate)
     for note in notes:
         console.print(f"[yellow]Note:[/] {note}")
     check_output_folder(out)
@@ -150,7 +152,8 @@ def export(
     t0 = time.perf_counter()
     try:
         with run_store(not no_cache):
-            outcomes = [run_target_job(job_list[0])] if len(job_list) == 1 else run_jobs(job_list, jobs)
+            split = one_job_per_bundle(job_list) if jobs > 1 else job_list
+            outcomes = [run_target_job(job_list[0])] if len(split) == 1 else run_jobs(split, jobs)
         if settings is not None:  # on a machine no export is loading any more, one bundle at a time
             measure_latency_after(outcomes, settings.latency, show_progress=not json_out)
     finally:
