@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name not in ("__init__.py", "common.py"))
+RESULTS = sorted((ROOT / "bench-results").glob("*.json"))
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,21 @@ def test_the_layout_check_fails_where_the_format_is_broken(common):
         assert any(needle in p for p in problems), (needle, problems)
     assert "named demo.json, but its script and variant name it demo-x.json" in common.layout_problems(
         {**good, "variant": "x"}, "demo.json")
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_every_results_file_is_in_the_one_format(common, path):
+    result = json.loads(path.read_text())
+    assert common.layout_problems(result, path.name) == []
+    assert (ROOT / "benchmarks" / f"{result['script']}.py").is_file(), f"{path.name}: no script re-creates it"
+    listed = (ROOT / "bench-results" / "README.md").read_text()
+    assert f"`{path.name}`" in listed, f"{path.name} is not listed in bench-results/README.md"
+
+
+def test_bench_results_holds_results_and_their_readme_only():
+    others = sorted(p.name for p in (ROOT / "bench-results").iterdir()
+                    if p.is_file() and p.suffix != ".json" and p.name not in ("README.md", "demo_report.md"))
+    assert not others, f"not results in the one format: {others}"
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])
