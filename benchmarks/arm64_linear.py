@@ -78,7 +78,8 @@ def main() -> None:
     source = load_model(a.model)
     w = source.state_dict["layers.0.mlp.gate_proj.weight"].float()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(a.tokens, w.shape[1], generator=g) * (1 + 4 * (torch.rand(w.shape[1], generator=g) > 0.98))
+    # [batch 1, tokens, in]: the shape the model's linears see (BlockOffsetLinear reads its batch and width)
+    x = (torch.randn(a.tokens, w.shape[1], generator=g) * (1 + 4 * (torch.rand(w.shape[1], generator=g) > 0.98)))[None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -86,8 +87,8 @@ def main() -> None:
         for name, module in pieces(w).items():
             block_means = isinstance(module, torch.nn.Linear) and module.in_features != w.shape[1]
             xin = x
-            if block_means:  # the offsets matmul takes each 32-channel block's mean
-                xin = x.reshape(a.tokens, -1, 32).mean(-1)
+            if block_means:  # the offsets matmul takes each block's mean (blocks of in / its in_features channels)
+                xin = x.reshape(1, a.tokens, module.in_features, -1).mean(-1)
                 np.save(tmp / "xm.npy", xin.numpy())
             pte = tmp / "m.pte"
             lower(module, xin, pte)
