@@ -92,7 +92,7 @@ def main() -> None:
     bundle = args.bundle.resolve()
     if not (bundle / "manifest.json").is_file():
         ap.error(f"{args.bundle} is not a bundle (no manifest.json): export one with `smolship export --target onnx`")
-    missing = [f for f in ("examples/node/chat.mjs", "examples/web/serve.mjs", "examples/web/node_modules")
+    missing = [f for f in ("examples/node/node_modules", "examples/web/node_modules")
                if not (ROOT / f).exists()] + [exe for exe in ("node", "chromium") if not shutil.which(exe)]
     if missing:
         sys.exit(f"js_clients needs node, chromium and the examples' npm packages (missing: {', '.join(missing)}): "
