@@ -40,11 +40,12 @@ np.save(sys.argv[3], program.load_method("forward").execute([x])[0].numpy())
 
 
 def lower(module: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    """Lowered as the ExecuTorch target lowers its programs (its partitioner: weight-only int8 linears go to
+    XNNPACK's f32-qc8w; a plain XnnpackPartitioner() gets the block-offsets matmul wrong, ~80x its output)."""
+    from smolship.targets.executorch.export import lower_to_xnnpack
 
     ep = torch.export.export(module.eval(), (x,), strict=True)
-    path.write_bytes(to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    path.write_bytes(lower_to_xnnpack(ep, {}).to_executorch().buffer)
 
 
 def run(argv: list[str], env: dict | None, pte: Path, x: Path, out: Path) -> np.ndarray:
