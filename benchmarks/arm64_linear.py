@@ -8,7 +8,7 @@ layer 0 gate_proj, the recipe's own quantizer) to its own XNNPACK program, runs 
 arm64 build under qemu on the same inputs, and reports each build's error against the eager (torchao)
 math of the same quantized module.
 
-    python benchmarks/arm64_linear.py --cpus cortex-a76 max-nosme --out bench-results/arm64_linear.json
+    python -m benchmarks.arm64_linear --cpus cortex-a76 max-nosme     # bench-results/arm64_linear.json
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+from benchmarks.common import add_model_arg, add_output_args, envelope, output_path, script_name, write
+from smolship.exporter import load_model
+from smolship.targets.executorch import quantize as Q
+from smolship.targets.executorch.recipes import PLANS
+from smolship.validation import platforms as P
 
-from envelope import envelope, write  # noqa: E402  (benchmarks/envelope.py)
-
-from smolship.exporter import load_model  # noqa: E402
-from smolship.targets.executorch import quantize as Q  # noqa: E402
-from smolship.targets.executorch.recipes import PLANS  # noqa: E402
-from smolship.validation import platforms as P  # noqa: E402
+SCRIPT = script_name(__file__)
 
 RUN_PTE = """
 import sys, numpy as np, torch
@@ -41,11 +40,12 @@ np.save(sys.argv[3], program.load_method("forward").execute([x])[0].numpy())
 
 
 def lower(module: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    """Lowered as the ExecuTorch target lowers its programs (its partitioner: weight-only int8 linears go to
+    XNNPACK's f32-qc8w; a plain XnnpackPartitioner() gets the block-offsets matmul wrong, ~80x its output)."""
+    from smolship.targets.executorch.export import lower_to_xnnpack
 
     ep = torch.export.export(module.eval(), (x,), strict=True)
-    path.write_bytes(to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
+    path.write_bytes(lower_to_xnnpack(ep, {}).to_executorch().buffer)
 
 
 def run(argv: list[str], env: dict | None, pte: Path, x: Path, out: Path) -> np.ndarray:
@@ -72,12 +72,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", nargs="+", default=["cortex-a76"])
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/arm64_linear.json"))
+    add_model_arg(ap)
+    add_output_args(ap)
     a = ap.parse_args()
-    source = load_model(None)
+    out_file = output_path(a, SCRIPT)
+    source = load_model(a.model)
     w = source.state_dict["layers.0.mlp.gate_proj.weight"].float()
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(a.tokens, w.shape[1], generator=g) * (1 + 4 * (torch.rand(w.shape[1], generator=g) > 0.98))
+    # [batch 1, tokens, in]: the shape the model's linears see (BlockOffsetLinear reads its batch and width)
+    x = (torch.randn(a.tokens, w.shape[1], generator=g) * (1 + 4 * (torch.rand(w.shape[1], generator=g) > 0.98)))[None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -85,8 +88,8 @@ def main() -> None:
         for name, module in pieces(w).items():
             block_means = isinstance(module, torch.nn.Linear) and module.in_features != w.shape[1]
             xin = x
-            if block_means:  # the offsets matmul takes each 32-channel block's mean
-                xin = x.reshape(a.tokens, -1, 32).mean(-1)
+            if block_means:  # the offsets matmul takes each block's mean (blocks of in / its in_features channels)
+                xin = x.reshape(1, a.tokens, module.in_features, -1).mean(-1)
                 np.save(tmp / "xm.npy", xin.numpy())
             pte = tmp / "m.pte"
             lower(module, xin, pte)
@@ -107,9 +110,10 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name:55} {b:28} err vs eager max {row['max_abs_err_vs_eager']:.2e} rms "
                       f"{row['rms_err_vs_eager']:.2e}  vs x86 max {row['max_abs_diff_vs_x86']:.2e}", flush=True)
-    write(a.out, envelope("benchmarks/arm64_linear.py", {"cpus": a.cpus, "tokens": a.tokens,
-                                                        "weight": "layers.0.mlp.gate_proj (default model)",
-                                                        "errors": "relative to max |eager output|"}, rows))
+    write(out_file, envelope(SCRIPT, {"cpus": a.cpus, "tokens": a.tokens, "model": a.model,
+                                      "weight": "layers.0.mlp.gate_proj", "errors": "relative to max |eager output|"},
+                             rows, a.variant))
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ the CLI with validation; then the current tree's `smolship bench` times both sid
 by round (the second round in the other order), so machine load hits both alike. Resumable: an export or bench
 whose JSON is already in --work is not run again.
 
-    python benchmarks/before_after.py --before fb689e6 --after HEAD --work bench-results/tmp/before_after \\
-        --runs onnx:int4 onnx:int8 executorch:8da4w coreml:w4 gguf:q4_k_m --out bench-results/before_after.json
+    python -m benchmarks.before_after --before fb689e6 --after HEAD --work bench-results/tmp/before_after \\
+        --runs onnx:int4 onnx:int8 executorch:8da4w coreml:w4 gguf:q4_k_m        # bench-results/before_after.json
+    python -m benchmarks.before_after --before HEAD~1 --runs gguf:q8_0 --model random:tiny --eval-tokens 64 \\
+        --rounds 1 --bench-runs 1 --work /tmp/ba --out /tmp/before_after.json     # a quick check
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from benchmarks.common import ROOT, add_output_args, envelope, output_path, script_name, write
 
-from envelope import ROOT, envelope, write  # noqa: E402  (benchmarks/envelope.py)
-
+SCRIPT = script_name(__file__)
 SIDES = ("before", "after")
 
 
@@ -77,8 +78,11 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--bench-runs", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/before_after.json"))
+    add_output_args(ap)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
+    if bad := [r for r in args.runs if r.count(":") != 1]:
+        ap.error(f"--runs takes TARGET:RECIPE (got {', '.join(bad)})")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     trees, commits = {}, {}
@@ -115,10 +119,10 @@ def main() -> None:
         print(f"{run:<20} {row['before']['size_mb']:>8} -> {row['after']['size_mb']:<8} MB  kld "
               f"{row['before']['kld_mean']:.6g} -> {row['after']['kld_mean']:.6g}  decode "
               f"{row['before']['decode_tok_s']} -> {row['after']['decode_tok_s']}")
-    write(args.out, envelope("before_after.py", {"model": args.model or "default", "before": commits["before"],
-                                                 "after": commits["after"],
-                                                 "eval_tokens": args.eval_tokens, "rounds": args.rounds,
-                                                 "bench_runs": args.bench_runs}, rows))
+    write(out_file, envelope(SCRIPT, {"model": args.model or "default", "before": commits["before"],
+                                      "after": commits["after"], "eval_tokens": args.eval_tokens, "rounds": args.rounds,
+                                      "bench_runs": args.bench_runs}, rows, args.variant))
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Each case runs in a fresh process, so its peak RSS is its own and no conversion is reused:
 
-    python benchmarks/coreml_bench.py --out coreml_bench.json                      # 135M: fp16 w8 w4 pal4 + ablation
-    python benchmarks/coreml_bench.py --cases random:smollm2-1.7b:fp16,random:smollm2-1.7b:w4 --no-parity --out big.json
+    python -m benchmarks.coreml_bench                  # 135M: fp16 w8 w4 pal4 + ablation: bench-results/coreml_bench.json
+    python -m benchmarks.coreml_bench --cases random:smollm2-1.7b:fp16,random:smollm2-1.7b:w4 --no-parity --variant big
+    python -m benchmarks.coreml_bench --cases random:tiny:w8 --max-seq-len 256 --out /tmp/coreml_bench.json  # quick check
 
 A case is MODEL:RECIPE (MODEL = default | random:<preset> | a path). The extra recipe ``w4-all4``
 (4-bit embedding/lm_head too) is the ablation that shows why the 4-bit recipes keep it at 8 bits.
@@ -22,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+from benchmarks.common import ROOT, add_output_args, envelope, output_path, script_name, write
+
+SCRIPT = script_name(__file__)
 
 DEFAULT_CASES = ["default:fp16", "default:w8", "default:w4", "default:w4-all4", "default:pal4"]
 ABLATION = "w4-all4"
@@ -106,9 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-seq-len", type=int, default=2048)
     p.add_argument("--eval-tokens", type=int, default=1024)
     p.add_argument("--no-parity", action="store_true", help="skip weight_parity (e.g. for random models)")
-    p.add_argument("--out", type=Path, help="write the JSON here (always printed)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # MODEL:RECIPE, run in this process (used by the parent)
+    add_output_args(p)
     a = p.parse_args(argv)
+    out_file = output_path(a, SCRIPT)
+    for case in a.cases.split(","):
+        if ":" not in case:
+            p.error(f"case {case!r} is not MODEL:RECIPE")
     if a.one:
         model, recipe = a.one.rsplit(":", 1)
         parity = not a.no_parity and not model.startswith("random:")
@@ -118,11 +125,11 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for case in a.cases.split(","):
-        cmd = [sys.executable, __file__, "--one", case, "--max-seq-len", str(a.max_seq_len),
+        cmd = [sys.executable, "-m", f"benchmarks.{SCRIPT}", "--one", case, "--max-seq-len", str(a.max_seq_len),
                "--eval-tokens", str(a.eval_tokens)] + (["--no-parity"] if a.no_parity else [])
         print(f"running {case} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
         if proc.returncode != 0:
             results.append({"case": case, "error": f"exit {proc.returncode}", "wall_s": round(time.perf_counter() - t0, 1)})
             continue
@@ -131,12 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     why = runtime_unavailable_reason()
-    report = envelope("coreml_bench", {"cases": a.cases, "max_seq_len": a.max_seq_len, "eval_tokens": a.eval_tokens,
-                                       "parity": not a.no_parity}, results, runtime_ran=why is None,
+    report = envelope(SCRIPT, {"cases": a.cases, "max_seq_len": a.max_seq_len, "eval_tokens": a.eval_tokens,
+                               "parity": not a.no_parity}, results, a.variant, runtime_ran=why is None,
                       runtime_note=why or "Core ML latency: run `smolship bench` on the bundles (macOS 15+).")
-    if a.out:
-        write(a.out, report)
-    print(json.dumps(report, indent=2))
+    write(out_file, report)
+    print(json.dumps(report["rows"], indent=2))
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ that sees this environment's torch / executorch through a .pth file:
     echo "$(python -c 'import site; print(site.getsitepackages()[0])')" > /tmp/oenv/lib/python3.11/site-packages/zz_main.pth
     /tmp/oenv/bin/pip install transformers==5.0.0rc1 "optimum~=2.0.0" accelerate
     /tmp/oenv/bin/pip install --no-deps optimum-executorch==1.1.0
-    python benchmarks/executorch_anchor.py --optimum-python /tmp/oenv/bin/python --out bench-results/executorch_anchor.json
+    python -m benchmarks.executorch_anchor                        # bench-results/executorch_anchor.json
+    python -m benchmarks.executorch_anchor --model offgrid:smollm2-135m --variant offgrid
+    python -m benchmarks.executorch_anchor --model random:tiny --eval-tokens 64 --threads 1 --repeats 1 \
+        --max-seq-len 256 --out /tmp/executorch_anchor.json          # a quick check
+Without that interpreter (--optimum-python) the script stops before any work and says so.
+Rows: one per program (name: optimum | ours); `ratios` ours / optimum.
 """
 
 from __future__ import annotations
@@ -22,26 +27,22 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from onnx_anchor import save_hf_folder  # noqa: E402  (same HF folder writer as the ONNX anchor)
+from benchmarks.common import (add_model_arg, add_output_args, envelope, named_rows, output_path, parity_of,
+                               require_python, save_hf_folder, script_name, timed_child, write)
+from smolship.exporter import load_model
+from smolship.runner import Runner
+from smolship.validation.latency import LatencySettings, measure_latency
+from smolship.validation.validate import ValidationSettings, Validator
 
-from smolship.exporter import load_model  # noqa: E402
-from smolship.runner import Runner  # noqa: E402
-from smolship.validation.latency import LatencySettings, measure_latency  # noqa: E402
-from smolship.validation.parity import measure_parity  # noqa: E402
-from smolship.validation.validate import ValidationSettings, Validator  # noqa: E402
+SCRIPT = script_name(__file__)
+OPTIMUM_PYTHON = "/tmp/oenv/bin/python"
 
 
 class OptimumPteRunner(Runner):
@@ -87,17 +88,12 @@ class OptimumPteRunner(Runner):
         self.forward = self.program = None
 
 
-def timed_child(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB of the child, stderr tail); raises on failure."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        err.seek(0)
-        tail = "\n".join(err.read().strip().splitlines()[-15:])
-    if os.waitstatus_to_exitcode(status):
+def run_child(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of an exporting child process; raises with its stderr tail on failure."""
+    wall, rss, code, tail = timed_child(cmd)
+    if code:
         raise RuntimeError(f"{cmd[0]} failed:\n{tail}")
-    return round(time.perf_counter() - t0, 1), round(usage.ru_maxrss / 1024, 1), tail
+    return wall, rss
 
 
 def export_optimum(hf: Path, out: Path, python: str, max_seq_len: int) -> tuple[Path, dict]:
@@ -105,14 +101,14 @@ def export_optimum(hf: Path, out: Path, python: str, max_seq_len: int) -> tuple[
     cmd = [str(cli), "export", "executorch", "--model", str(hf), "--task", "text-generation",
            "--recipe", "xnnpack", "--qlinear", "8da4w", "--qembedding", "8w", "--use_custom_sdpa",
            "--use_custom_kv_cache", "--max_seq_len", str(max_seq_len), "--output_dir", str(out)]
-    wall, rss, _ = timed_child(cmd)
+    wall, rss = run_child(cmd)
     return out / "model.pte", {"export_s": wall, "export_peak_rss_mb": rss, "command": " ".join(cmd[1:])}
 
 
 def export_ours(model: str | None, out: Path, max_seq_len: int) -> tuple[Path, dict]:
     cmd = [sys.executable, "-m", "smolship.cli", "export", *([model] if model else []), "--target", "executorch",
            "--quant", "8da4w", "--out", str(out), "--no-validate", "--force", "--max-seq-len", str(max_seq_len)]
-    wall, rss, _ = timed_child(cmd)
+    wall, rss = run_child(cmd)
     return out / "executorch-8da4w", {"export_s": wall, "export_peak_rss_mb": rss, "command": "smolship " + " ".join(cmd[3:])}
 
 
@@ -135,10 +131,7 @@ def measure_programs(programs: dict[str, tuple[str, Path]], source, rows: dict[s
     `repeats` rounds of the median of 3 runs) so load from elsewhere hits them all alike."""
     validator = Validator(source, ValidationSettings(eval_tokens=eval_tokens, measure_latency=False))
     for name, (kind, path) in programs.items():
-        runner = open_runner(kind, path, 2, max_seq_len)
-        v = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
-        runner.close()
-        rows[name].update({k: v[k] for k in PARITY_KEYS})
+        rows[name].update(parity_of(open_runner(kind, path, 2, max_seq_len), validator, PARITY_KEYS))
         print(name, "parity", {k: rows[name][k] for k in ("kld_mean", "top1_agreement")}, flush=True)
         gc.collect()
     for t in threads:
@@ -153,17 +146,29 @@ def measure_programs(programs: dict[str, tuple[str, Path]], source, rows: dict[s
         print("latency", t, {n: rows[n][f"decode_tok_s@{t}"] for n in programs}, flush=True)
 
 
+def optimum_version(python: str) -> str:
+    return subprocess.run([python, "-c", "from importlib.metadata import version; print(version('optimum-executorch'))"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--optimum-python", default="/tmp/oenv/bin/python")
-    ap.add_argument("--model", default=None, help="model spec (default: the real SmolLM2-135M-Instruct)")
+    ap.add_argument("--optimum-python", default=OPTIMUM_PYTHON,
+                    help="interpreter of the environment that holds optimum-executorch (see --help's text)")
+    add_model_arg(ap)
     ap.add_argument("--work", type=Path, default=Path("bench-results/tmp/executorch_anchor"))
-    ap.add_argument("--out", type=Path, default=Path("bench-results/executorch_anchor.json"))
+    add_output_args(ap)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-seq-len", type=int, default=2048)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
+    require_python(args.optimum_python, "import optimum.exporters.executorch, transformers, sys, pathlib; "
+                   "sys.exit(0 if (pathlib.Path(sys.executable).parent / 'optimum-cli').is_file() else 'no optimum-cli')",
+                   "optimum-executorch, the anchor this script compares against",
+                   "optimum-executorch pins transformers 5.0.0rc1, which smolship's environment cannot hold: make its "
+                   "own venv as `python -m benchmarks.executorch_anchor --help` shows and pass --optimum-python.")
     args.work.mkdir(parents=True, exist_ok=True)
 
     source = load_model(args.model)
@@ -188,14 +193,15 @@ def main() -> None:
     import executorch  # noqa: F401
     from importlib.metadata import version
 
-    report = envelope("executorch_anchor",
-                      {"model": source.name, "eval_tokens": args.eval_tokens, "threads": args.threads,
-                       "max_seq_len": args.max_seq_len,
-                       "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
-                      rows, anchor_versions={"optimum-executorch": "1.1.0", "executorch": version("executorch")},
-                      **{"ratios ours/optimum": ratios})
-    write(args.out, report)
-    print(json.dumps(report["ratios ours/optimum"]), f"wrote {args.out}", flush=True)
+    report = envelope(SCRIPT, {"model": source.name, "eval_tokens": args.eval_tokens, "threads": args.threads,
+                               "max_seq_len": args.max_seq_len,
+                               "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
+                      named_rows(rows), args.variant,
+                      anchor_versions={"optimum-executorch": optimum_version(args.optimum_python),
+                                       "executorch": version("executorch")},
+                      ratios={"ours/optimum": ratios})
+    write(out_file, report)
+    print(json.dumps(ratios), f"wrote {out_file}", flush=True)
 
 
 if __name__ == "__main__":

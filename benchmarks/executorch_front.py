@@ -5,28 +5,31 @@ program is measured the same way in this one process (executorch_anchor.measure_
 top-1 against the PyTorch reference on the eval set (2 threads), then prefill / decode tok/s on 1 and
 2 threads, interleaved across variants (best of --repeats rounds) so load from elsewhere hits all
 alike. `--baseline PTE` adds an existing program (e.g. optimum-executorch's, from
-benchmarks/executorch_anchor.py) to the same runs.
+benchmarks/executorch_anchor.py) to the same runs; `--also NAME=BUNDLE` earlier smolship bundles.
+Rows: one per program (name), with `decode_ratio_vs_optimum` when a baseline ran.
 
-    python benchmarks/executorch_front.py --variants default head-8da4w sym-layers \
-        --baseline bench-results/tmp/executorch_anchor/optimum/model.pte --out bench-results/executorch_front.json
+    python -m benchmarks.executorch_front --variants default head-8da4w sym-layers \
+        --baseline bench-results/tmp/executorch_anchor/optimum/model.pte     # bench-results/executorch_front.json
+    python -m benchmarks.executorch_front --variants default head-8da8w --also before=OLD_BUNDLE --variant head
+    python -m benchmarks.executorch_front --model random:tiny --variants default --eval-tokens 64 --threads 1 \
+        --repeats 1 --out /tmp/executorch_front.json                          # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+from benchmarks.common import (add_model_arg, add_output_args, check_export_options, envelope, named_rows,
+                               output_path, script_name, write)
+from benchmarks.executorch_anchor import measure_programs
+from smolship.export import export_bundle
+from smolship.exporter import load_model
+from smolship.targets import ExportOptions, get_target
 
-sys.path.insert(0, str(Path(__file__).parent))
-from executorch_anchor import measure_programs  # noqa: E402
-
-from smolship.export import export_bundle  # noqa: E402
-from smolship.exporter import load_model  # noqa: E402
-from smolship.targets import ExportOptions, get_target  # noqa: E402
+SCRIPT = script_name(__file__)
 
 # name -> (recipe, extra knobs)
 VARIANTS = {
@@ -48,17 +51,19 @@ VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model spec (default: the real SmolLM2-135M-Instruct)")
+    add_model_arg(ap)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--baseline", type=Path, default=None, help="an optimum-executorch model.pte to measure alongside")
     ap.add_argument("--also", nargs="*", default=[], metavar="NAME=BUNDLE",
                     help="smolship ExecuTorch bundles exported earlier (e.g. before a change) to measure alongside")
     ap.add_argument("--work", type=Path, default=Path("bench-results/tmp/executorch_front"))
-    ap.add_argument("--out", type=Path, default=Path("bench-results/executorch_front.json"))
     ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
+    add_output_args(ap)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
+    check_export_options("executorch", [VARIANTS[name][1] for name in args.variants], "--variants")
 
     source = load_model(args.model)
     target = get_target("executorch")
@@ -93,11 +98,13 @@ def main() -> None:
         for name, row in rows.items():
             row["decode_ratio_vs_optimum"] = {t: round(row[f"decode_tok_s@{t}"] / base[f"decode_tok_s@{t}"], 3)
                                               for t in args.threads}
-    report = envelope("executorch_front", {"model": source.name, "eval_tokens": args.eval_tokens, "threads": args.threads,
-                                           "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
-                      rows)
-    write(args.out, report)
-    print(f"wrote {args.out}")
+    report = envelope(SCRIPT, {"model": source.name, "eval_tokens": args.eval_tokens, "threads": args.threads,
+                               "variants": args.variants, "baseline": str(args.baseline) if args.baseline else None,
+                               "also": args.also,
+                               "latency": "128-token prompt, 128 new tokens, best of repeats of the median of 3 runs"},
+                      named_rows(rows), args.variant)
+    write(out_file, report)
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

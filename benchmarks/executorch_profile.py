@@ -6,10 +6,11 @@ Loads each program with ETDump enabled (the pip wheel's XNNPACK reports its own 
 per decoded token, skipping the prefill. Profiling adds overhead of its own: compare programs with
 each other, not with benchmarks/executorch_front.py's tok/s.
 
-    python benchmarks/executorch_profile.py ours=bench-results/tmp/executorch_front/default/executorch-8da4w/model.pte \
-        optimum=bench-results/tmp/executorch_anchor/optimum/model.pte --out bench-results/executorch_decode_profile.json
+    python -m benchmarks.executorch_profile ours=bench-results/tmp/executorch_front/default/executorch-8da4w/model.pte \
+        optimum=bench-results/tmp/executorch_anchor/optimum/model.pte      # bench-results/executorch_profile.json
 
 A name starting with "optimum" is driven with optimum-executorch's inputs (cache_position [n]).
+Rows: one per (program, event kind), heaviest first within each program.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
-
 import torch
+
+from benchmarks.common import add_output_args, envelope, output_path, script_name, write
+
+SCRIPT = script_name(__file__)
 
 
 def profile(path: Path, optimum: bool, tokens: int) -> dict:
@@ -70,16 +73,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("programs", nargs="+", help="NAME=PATH to a model.pte")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/executorch_decode_profile.json"))
+    add_output_args(ap)
     args = ap.parse_args()
-    result = envelope("executorch_profile", {"tokens": args.tokens, "threads": "runtime default"}, {})
-    for spec in args.programs:
-        name, path = spec.split("=", 1)
-        result["rows"][name] = {"path": path, "events": profile(Path(path), name.startswith("optimum"), args.tokens)}
-        top = list(result["rows"][name]["events"].items())[:6]
-        print(name, {k: v["ms_per_token"] for k, v in top}, flush=True)
-    write(args.out, result)
-    print(f"wrote {args.out}")
+    out_file = output_path(args, SCRIPT)
+    programs = [spec.split("=", 1) for spec in args.programs]
+    if bad := [spec for spec, p in zip(args.programs, programs) if len(p) != 2 or not Path(p[1]).is_file()]:
+        ap.error(f"not NAME=PATH of an existing model.pte: {', '.join(bad)}")
+    rows = []
+    for name, path in programs:
+        events = profile(Path(path), name.startswith("optimum"), args.tokens)
+        rows += [{"program": name, "path": path, "event": kind, **v} for kind, v in events.items()]
+        print(name, {k: v["ms_per_token"] for k, v in list(events.items())[:6]}, flush=True)
+    write(out_file, envelope(SCRIPT, {"tokens": args.tokens, "threads": "runtime default", "programs": args.programs},
+                             rows, args.variant))
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """GGUF benchmark: every recipe (and a few ablations) exported from the real 135M with
 `smolship.export.export_bundle`, validated inside llama.cpp by `Validator` (parity on the eval set),
-and timed at 1 and 2 threads beside the PyTorch reference runner; one JSON file out.
+and timed at 1 and 2 threads beside the PyTorch reference runner; one JSON file out (one row per case;
+the reference's speed in `reference`).
 
-    python benchmarks/gguf_bench.py --out gguf_bench.json                     # all recipes + ablations
-    python benchmarks/gguf_bench.py --cases q8_0,q4_k_m --eval-tokens 2048 --out quick.json
-    python benchmarks/gguf_bench.py --cases q4_k_m:pure --no-reference --out pure.json
+    python -m benchmarks.gguf_bench                                  # all recipes + ablations: bench-results/gguf_bench.json
+    python -m benchmarks.gguf_bench --cases q8_0,q4_k_m --eval-tokens 2048 --variant quick
+    python -m benchmarks.gguf_bench --cases q4_k_m:pure --no-reference --variant pure
+    python -m benchmarks.gguf_bench --model random:tiny --cases q8_0 --eval-tokens 64 --threads 1 --runs 1 \
+        --out /tmp/gguf_bench.json                                   # a quick check
 
 A case is RECIPE or RECIPE:VARIANT; VARIANTS below are the ablations the report needs (all-4-bit
 embedding, 16-bit embedding, no importance matrix, llama.cpp's plain fallbacks). Latency is measured
@@ -20,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+from benchmarks.common import add_model_arg, add_output_args, envelope, output_path, script_name, write
+
+SCRIPT = script_name(__file__)
 
 ALL_RECIPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"]
 # variant -> (description, ExportOptions fields)
@@ -95,15 +100,20 @@ def run_case(case: str, source, validator, out: Path, threads: list[int], runs: 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated RECIPE[:VARIANT]")
-    p.add_argument("--model", default=None, help="model spec (default: the bundled SmolLM2-135M-Instruct)")
+    add_model_arg(p)
     p.add_argument("--eval-tokens", type=int, default=0, help="eval tokens for parity (0 = the whole eval set)")
     p.add_argument("--threads", default="1,2", help='thread counts to time; "" = parity only')
     p.add_argument("--runs", type=int, default=3, help="latency runs per measurement (after one warm-up)")
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference's latency")
     p.add_argument("--no-parity", action="store_true", help="export and time only (e.g. to re-time on a quiet machine)")
     p.add_argument("--bundles", type=Path, default=Path("bench-results/tmp/gguf"), help="where bundles are written")
-    p.add_argument("--out", type=Path, default=Path("gguf_bench.json"))
+    add_output_args(p)
     a = p.parse_args(argv)
+    out_file = output_path(a, SCRIPT)
+    for case in a.cases.split(","):
+        recipe, _, variant = case.partition(":")
+        if recipe not in ALL_RECIPES or (variant and variant not in VARIANTS):
+            p.error(f"case {case!r}: RECIPE is one of {', '.join(ALL_RECIPES)}; VARIANT one of {', '.join(VARIANTS)}")
 
     from smolship.exporter import load_model
     from smolship.validation.parity import ParitySettings
@@ -113,19 +123,19 @@ def main(argv: list[str] | None = None) -> None:
     source = load_model(a.model)
     settings = ValidationSettings(eval_tokens=a.eval_tokens or None, measure_latency=False, parity=ParitySettings())
     validator = None if a.no_parity else Validator(source, settings)
-    report = envelope("gguf_bench", {"model": source.name, "source": source.source, "eval_tokens": a.eval_tokens or "all",
-                                     "threads": threads, "runs": a.runs,
-                                     "latency": "128-token prompt, 128 new tokens, median of runs (smolship.validation.latency)"},
-                      [], reference=None)
+    report = envelope(SCRIPT, {"model": source.name, "source": source.source, "eval_tokens": a.eval_tokens or "all",
+                               "threads": threads, "runs": a.runs, "cases": a.cases.split(","),
+                               "latency": "128-token prompt, 128 new tokens, median of runs (smolship.validation.latency)"},
+                      [], a.variant, reference=None)
     for case in a.cases.split(","):
         report["rows"].append(run_case(case, source, validator, a.bundles, threads, a.runs))
-        write(a.out, report)  # keep what is done if a later case fails
+        write(out_file, report)  # keep what is done if a later case fails
     if not a.no_reference:  # last: the PyTorch reference is the slowest to time
         spec = f"reference:{a.model or ''}"
         report["reference"] = {f"threads_{t}": latency(spec, t, a.runs) for t in threads}
         print(json.dumps({"reference": report["reference"]}), flush=True)
-    write(a.out, report)
-    print(f"wrote {a.out}")
+    write(out_file, report)
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

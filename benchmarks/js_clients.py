@@ -5,8 +5,8 @@ The clients run interleaved, round after round, on the same greedy prompt, so a 
 other work slows them alike; the median over rounds is reported. Decode tok/s = (tokens - 1) / time
 from the first generated token to the last (prefill excluded), as each client streams them.
 
-    .venv/bin/python benchmarks/js_clients.py out/onnx-int4 --rounds 3 --json bench-results/js_clients.json
-Needs `bash examples/setup-js.sh` and the web extra (playwright).
+    .venv/bin/python -m benchmarks.js_clients out/onnx-int4 --rounds 3           # bench-results/js_clients.json
+Needs `bash examples/setup-js.sh` and the web extra (playwright). Rows: one per (client, round).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+from benchmarks.common import ROOT, add_output_args, envelope, output_path, script_name, write
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = script_name(__file__)
 PROMPT = "Write a long story about a robot who learns to paint."
 
 
@@ -85,9 +86,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--json", type=Path)
+    add_output_args(ap)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
     bundle = args.bundle.resolve()
+    if not (bundle / "manifest.json").is_file():
+        ap.error(f"{args.bundle} is not a bundle (no manifest.json): export one with `smolship export --target onnx`")
+    missing = [f for f in ("examples/node/node_modules", "examples/web/node_modules")
+               if not (ROOT / f).exists()] + [exe for exe in ("node", "chromium") if not shutil.which(exe)]
+    if missing:
+        sys.exit(f"js_clients needs node, chromium and the examples' npm packages (missing: {', '.join(missing)}): "
+                 "run `make setup-js` (bash examples/setup-js.sh).")
     browser = Browser(bundle)
     clients = {}
     for t in args.threads:
@@ -103,14 +112,15 @@ def main() -> None:
     finally:
         browser.close()
     manifest = json.loads((bundle / "manifest.json").read_text())
-    result = envelope("js_clients", {"bundle": str(args.bundle), "recipe": manifest["quant"]["recipe"], "prompt": PROMPT,
-                                     "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
-                                     "order": "clients interleaved round by round"},
-                      runs, median_decode_tok_s={k: round(statistics.median(x["decode_tok_s"] for x in v), 1)
-                                                 for k, v in runs.items()})
+    rows = [{"client": name, "round": i + 1, **run} for name, v in runs.items() for i, run in enumerate(v)]
+    result = envelope(SCRIPT, {"bundle": str(args.bundle), "recipe": manifest["quant"]["recipe"], "prompt": PROMPT,
+                               "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
+                               "order": "clients interleaved round by round"},
+                      rows, args.variant, median_decode_tok_s={k: round(statistics.median(x["decode_tok_s"] for x in v), 1)
+                                                               for k, v in runs.items()})
     print(json.dumps(result["median_decode_tok_s"], indent=2))
-    if args.json:
-        write(args.json, result)
+    write(out_file, result)
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

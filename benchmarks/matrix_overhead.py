@@ -2,8 +2,8 @@
 pool (--jobs 2) and with a local Ray (--ray, num_cpus = this machine's CPUs, one CPU per job), runs
 interleaved so that load from other programs on the machine falls on both alike. Writes JSON.
 
-    python benchmarks/matrix_overhead.py --repeats 2 --out bench-results/matrix_overhead.json
-    python benchmarks/matrix_overhead.py --repeats 1 --order ray,local   # the other order
+    python -m benchmarks.matrix_overhead --repeats 2                   # bench-results/matrix_overhead.json
+    python -m benchmarks.matrix_overhead --repeats 1 --order ray,local --variant ray-first   # the other order
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
+from benchmarks.common import ROOT, add_output_args, envelope, output_path, script_name, write
+
+SCRIPT = script_name(__file__)
 
 SPEC = """
 models = ["{tiny_a}", "{tiny_b}"]
@@ -58,13 +60,21 @@ def run(spec: Path, backend: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--order", default="local,ray", help="backends in the order run within each repeat")
-    ap.add_argument("--out", type=Path, default=Path("bench-results/matrix_overhead.json"))
+    add_output_args(ap)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
+    if bad := [b for b in args.order.split(",") if b not in BACKENDS]:
+        ap.error(f"--order: unknown backend {', '.join(bad)} (choose from {', '.join(BACKENDS)})")
+    if "ray" in args.order.split(","):
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            sys.exit("the ray backend needs Ray: pip install -e '.[ray]' (or --order local)")
     from smolship.exporter.sources import load_model
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    sys.path.insert(0, str(ROOT / "tests"))
     from matrix_fixtures import tiny_folders  # the two tiny models of the tests (seed 0 and 1, HF folders)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,10 +89,10 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "model_sha256"}), flush=True)
                 runs.append(row)
     first = runs[0]["model_sha256"]
-    result = envelope("matrix_overhead", {"repeats": args.repeats, "order": args.order, "models": "2 tiny HF folders"},
-                      [{k: v for k, v in r.items() if k != "model_sha256"} for r in runs],
+    result = envelope(SCRIPT, {"repeats": args.repeats, "order": args.order, "models": "2 tiny HF folders"},
+                      [{k: v for k, v in r.items() if k != "model_sha256"} for r in runs], args.variant,
                       same_bundles_every_run=all(r["model_sha256"] == first for r in runs))
-    write(args.out, result)
+    write(out_file, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "machine")}))
 
 

@@ -5,8 +5,10 @@ decode loop against the fp32 reference of the same source (Core ML on Linux: com
 back out of the package and run in the reference graph). Decode tok/s is not measured here: this
 machine is shared, so latency against the anchors is left to a quiet machine.
 
-    python benchmarks/offgrid_matrix.py --models default offgrid --eval-tokens 2048 \\
-        --runs onnx:int4 executorch:8da4w coreml:w4 gguf:q4_k_m --out bench-results/offgrid_matrix.json
+    python -m benchmarks.offgrid_matrix --models default offgrid --eval-tokens 2048 \\
+        --runs onnx:int4 executorch:8da4w coreml:w4 gguf:q4_k_m            # bench-results/offgrid_matrix.json
+    python -m benchmarks.offgrid_matrix --models random:tiny --runs gguf:q8_0 --eval-tokens 64 \\
+        --out /tmp/offgrid_matrix.json                                      # a quick check
 A run may carry knobs: onnx:int4:{"int4_method":"offset-gptq"} (JSON ExportOptions.extra).
 """
 
@@ -15,21 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from benchmarks.common import add_output_args, check_export_options, envelope, merged_rows, output_path, script_name, write
+from benchmarks.offgrid_screen import SPECS
+from smolship.export import export_bundle
+from smolship.exporter import load_model
+from smolship.targets import ExportOptions, get_target
+from smolship.validation.parity import ParitySettings
+from smolship.validation.validate import ValidationSettings, Validator
 
-from envelope import envelope, merged_rows, write  # noqa: E402  (benchmarks/envelope.py)
-from offgrid_screen import SPECS  # noqa: E402
-
-from smolship.export import export_bundle  # noqa: E402
-from smolship.exporter import load_model  # noqa: E402
-from smolship.targets import ExportOptions, get_target  # noqa: E402
-from smolship.validation.parity import ParitySettings  # noqa: E402
-from smolship.validation.validate import ValidationSettings, Validator  # noqa: E402
+SCRIPT = script_name(__file__)
 
 
 def parse_run(run: str) -> tuple[str, str, dict]:
@@ -43,8 +43,17 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["default", "offgrid"])
     ap.add_argument("--runs", nargs="+", required=True)
     ap.add_argument("--eval-tokens", type=int, default=2048)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/offgrid_matrix.json"))
+    add_output_args(ap)
     args = ap.parse_args()
+    args.out = output_path(args, SCRIPT)
+    try:
+        runs = [parse_run(run) for run in args.runs]
+    except ValueError as e:
+        ap.error(f"--runs takes TARGET:RECIPE[:JSON knobs] ({e})")
+    for target, recipe, knobs in runs:
+        if recipe not in get_target(target).recipes:
+            ap.error(f"{target} has no recipe {recipe!r}")
+        check_export_options(target, [knobs], f"--runs {target}:{recipe}")
     rows = []
     work = Path(tempfile.mkdtemp(prefix="offgrid-matrix-"))
     try:
@@ -77,7 +86,7 @@ def main() -> None:
 
 def save(args, rows: list) -> None:
     key = lambda r: (r["model"], r["target"], r["recipe"], json.dumps(r["knobs"], sort_keys=True))  # noqa: E731
-    write(args.out, envelope("offgrid_matrix", {"eval_tokens": args.eval_tokens}, merged_rows(args.out, rows, key)))
+    write(args.out, envelope(SCRIPT, {"eval_tokens": args.eval_tokens}, merged_rows(args.out, rows, key), args.variant))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ included) and scored against the fp32 model of the same source on the first --ev
 set (what validation scores); calibration is the held-out policy's (exporter.calibration). Cheap enough
 to sweep; full exports (benchmarks/offgrid_matrix.py) confirm the chosen points in their runtimes.
 
-    python benchmarks/offgrid_screen.py --models default offgrid --eval-tokens 1024 \\
-        --candidates onnx:offset onnx:offset-gptq et:8da4w et:8da4w-gptq --out bench-results/offgrid_screen.json
+    python -m benchmarks.offgrid_screen --models default offgrid --eval-tokens 1024 \\
+        --candidates onnx:offset onnx:offset-gptq et:8da4w et:8da4w-gptq   # bench-results/offgrid_screen.json
+    python -m benchmarks.offgrid_screen --models random:tiny --candidates onnx:offset --eval-tokens 64 \\
+        --calib-tokens 256 --out /tmp/offgrid_screen.json                  # a quick check
 ONNX candidate syntax: onnx:<method>[:b<block>][:8=<regex on fused names>] (several :8= allowed)
 [:8b<block>] (8-bit layers symmetric in blocks of this size) [:e<block>] (8-bit embedding/head block size).
 """
@@ -18,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,9 +30,10 @@ from smolship.exporter.calibration import calibration_set, collect, stats_key
 from smolship.evalset import load_eval
 from smolship.quant.rules import Rule
 
+from benchmarks.common import add_output_args, envelope, merged_rows, output_path, script_name, write
+
+SCRIPT = script_name(__file__)
 SPECS = {"default": None, "offgrid": "offgrid:smollm2-135m?seed=0"}
-sys.path.insert(0, str(Path(__file__).parent))
-from envelope import envelope, merged_rows, write  # noqa: E402  (benchmarks/envelope.py: the one result format)
 
 
 def reference(model_name: str, eval_tokens: int):
@@ -138,8 +139,11 @@ def main() -> None:
     ap.add_argument("--candidates", nargs="+", required=True)
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--calib-tokens", type=int, default=4096)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/offgrid_screen.json"))
+    add_output_args(ap)
     args = ap.parse_args()
+    args.out = output_path(args, SCRIPT)
+    if bad := [c for c in args.candidates if c.split(":")[0] not in ("onnx", "et") or ":" not in c]:
+        ap.error(f"a candidate is onnx:<method>... or et:<scheme>... (got {', '.join(bad)})")
     torch.set_num_threads(1)
     rows = []
     for mname in args.models:
@@ -167,8 +171,8 @@ def main() -> None:
 
 def save(args, rows: list) -> None:
     key = lambda r: (r["model"], r["candidate"], r["tokens"])  # noqa: E731
-    write(args.out, envelope("offgrid_screen", {"eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens},
-                             merged_rows(args.out, rows, key)))
+    write(args.out, envelope(SCRIPT, {"eval_tokens": args.eval_tokens, "calib_tokens": args.calib_tokens},
+                             merged_rows(args.out, rows, key), args.variant))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,17 @@ Sections (pick with --sections, default: anchor fused front):
   layers), size vs kld_mean, so the shipped point is a measured choice.
 * big    - a random SmolLM2-1.7B config exported in fp32 (external data) and validated on a short eval.
 
-The builder needs transformers>=5 (smolship pins 4.57.6); give it its own interpreter, e.g.
+The builder needs transformers>=5 (smolship pins 4.57.6), so section anchor runs it from its own
+interpreter (--builder-python, default /tmp/bvenv/bin/python), made once:
     python -m venv /tmp/bvenv && echo "$(python -c 'import site; print(site.getsitepackages()[0])')" \
         > /tmp/bvenv/lib/python3.11/site-packages/zz_smolship.pth && /tmp/bvenv/bin/pip install transformers==5.24.0
-    ... --builder-python /tmp/bvenv/bin/python
+Without it the script stops before any work and says so (or run --sections fused front).
 Latency runs in this process, interleaving the contenders (best of --repeats medians), so load from
-other processes hits all of them alike. Example:
-    python benchmarks/onnx_anchor.py --out /tmp/onnx_anchor --eval-tokens 4096 --threads 1 2
+other processes hits all of them alike. Rows: one per (section, name); `ratios` ours / builder. Example:
+    python -m benchmarks.onnx_anchor --eval-tokens 4096 --threads 1 2             # bench-results/onnx_anchor.json
+    python -m benchmarks.onnx_anchor --model offgrid:smollm2-135m --variant offgrid --sections anchor
+    python -m benchmarks.onnx_anchor --model random:tiny --eval-tokens 64 --threads 1 --repeats 1 \
+        --sections fused front --out /tmp/onnx_anchor.json                       # a quick check
 """
 
 from __future__ import annotations
@@ -26,19 +30,18 @@ import argparse
 import gc
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from envelope import envelope, write  # benchmarks/envelope.py: the one result format
-
+from benchmarks.common import (add_model_arg, add_output_args, check_export_options, envelope, named_rows,
+                               output_path, parity_of, require_python, save_hf_folder, script_name, write)
 from smolship.export import export_bundle
 from smolship.exporter import load_model
 from smolship.targets import ExportOptions, get_target
 from smolship.targets.onnx.genai_config import read_genai_config
 from smolship.targets.onnx.runner import OnnxRunner
 from smolship.validation.latency import LatencySettings, measure_latency
-from smolship.validation.parity import ParitySettings, measure_parity
+from smolship.validation.parity import ParitySettings
 from smolship.validation.validate import ValidationSettings, Validator
 
 FRONT = {  # name -> ExportOptions.extra for the int4 recipe
@@ -52,21 +55,13 @@ FRONT = {  # name -> ExportOptions.extra for the int4 recipe
 }
 
 
-def save_hf_folder(source, folder: Path) -> Path:
-    """config.json + model.safetensors + tokenizer files: what the builder reads."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    hf = {**source.config.to_hf(), "bos_token_id": source.tokenizer.bos_id, "eos_token_id": source.tokenizer.eos_id}
-    (folder / "config.json").write_text(json.dumps(hf, indent=2))
-    tensors = {(k if k.startswith("lm_head") else f"model.{k}"): v.contiguous() for k, v in source.state_dict.items()}
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    source.tokenizer.save(folder)
-    (folder / "generation_config.json").write_text(json.dumps(source.tokenizer.generation_config(), indent=2))
-    return folder
+SCRIPT = script_name(__file__)
+BUILDER_PYTHON = "/tmp/bvenv/bin/python"
+PARITY_KEYS = ("kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff")
+GRAPHS = ("plain", "fused")
 
 
-def build_with_builder(hf_dir: Path, out: Path, precision: str = "int4", python: str = sys.executable) -> Path:
+def build_with_builder(hf_dir: Path, out: Path, precision: str = "int4", python: str = BUILDER_PYTHON) -> Path:
     """onnxruntime-genai 0.18's builder imports transformers 5 model classes: pass --builder-python of an
     environment that has transformers>=5 (smolship pins 4.57.6), e.g. a venv whose .pth adds ours."""
     if not (out / "genai_config.json").is_file():
@@ -100,12 +95,7 @@ def ours(source, recipe: str, out: Path, extra: dict | None = None) -> Path:
 
 
 def parity(validator: Validator, folder: Path) -> dict:
-    runner = folder_runner(folder, threads=2)
-    try:
-        p = measure_parity(runner, validator.reference, validator.docs, validator.settings.parity)
-    finally:
-        runner.close()
-    return {k: round(p[k], 5) for k in ("kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff")}
+    return {k: round(v, 5) for k, v in parity_of(folder_runner(folder, threads=2), validator, PARITY_KEYS).items()}
 
 
 def latency(folders: dict[str, Path], threads: int, repeats: int, vocab: int) -> dict[str, dict]:
@@ -151,17 +141,18 @@ def section_anchor(source, validator, out: Path, args) -> dict:
             if "decode_tok_per_cpu_s" in r:
                 table[name][f"decode_tok_per_cpu_s@{t}"] = r["decode_tok_per_cpu_s"]
     b, o = table["builder-int4"], table["ours-int4"]
-    table["ratios int4 ours/builder"] = {
+    ratios = {
         "kld_mean": round(o["kld_mean"] / b["kld_mean"], 4), "size": round(o["size_mb"] / b["size_mb"], 3),
         **{f"decode@{t}": round(o[f"decode_tok_s@{t}"] / b[f"decode_tok_s@{t}"], 3) for t in args.threads}}
     if 1 in args.threads:
-        table["ratios int4 ours/builder"]["decode_per_cpu_s@1"] = round(o["decode_tok_per_cpu_s@1"] / b["decode_tok_per_cpu_s@1"], 3)
+        ratios["decode_per_cpu_s@1"] = round(o["decode_tok_per_cpu_s@1"] / b["decode_tok_per_cpu_s@1"], 3)
+    args.ratios["int4 ours/builder"] = ratios
     return table
 
 
 def section_fused(source, validator, out: Path, args) -> dict:
     rows = {}
-    for graph in ("plain", "fused"):
+    for graph in GRAPHS:  # ExportOptions.extra["graph"]: what targets/onnx/target.py reads
         rows[f"{graph}-fp32"] = ours(source, "fp32", out / f"graph-{graph}", {"graph": graph})
     table = {name: {"size_mb": model_mb(f)} for name, f in rows.items()}
     for name, r in latency(rows, args.threads[0], args.repeats, source.config.vocab_size).items():
@@ -196,32 +187,51 @@ def section_big(args, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("/tmp/onnx_anchor"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/onnx_anchor"), help="where bundles are built")
     ap.add_argument("--sections", nargs="+", default=["anchor", "fused", "front"],
                     choices=["anchor", "fused", "front", "big"])
-    ap.add_argument("--model", default=None, help="model spec (default: the real SmolLM2-135M-Instruct)")
+    add_model_arg(ap)
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--builder-precisions", nargs="+", default=["int4"])
-    ap.add_argument("--builder-python", default=sys.executable,
-                    help="interpreter with transformers>=5 for onnxruntime_genai.models.builder")
+    ap.add_argument("--builder-python", default=BUILDER_PYTHON,
+                    help="interpreter with transformers>=5 for onnxruntime_genai.models.builder (section anchor)")
+    add_output_args(ap)
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    out_file = output_path(args, SCRIPT)
+    # everything that needs another environment or a newer smolship fails here, before minutes of work
+    if "anchor" in args.sections:
+        require_python(args.builder_python,
+                       "import transformers, onnxruntime_genai.models.builder as b; "
+                       "assert int(transformers.__version__.split('.')[0]) >= 5, 'transformers ' + transformers.__version__",
+                       "section anchor needs onnxruntime-genai's model builder on transformers>=5",
+                       "Make that interpreter as this script's docstring shows (python -m benchmarks.onnx_anchor "
+                       "--help), pass it with --builder-python, or leave the section out: --sections fused front.")
+    extras = {"anchor": [{"lm_head_bits": 4}, {"int4_method": "offset", "int4_eight_bit": []}],
+              "fused": [{"graph": g} for g in GRAPHS],  # the issue 27 fix makes `graph` a typed onnx knob
+              "front": list(FRONT.values())}
+    for name in (n for n in args.sections if n in extras):
+        check_export_options("onnx", extras[name], f"section {name} (leave it out with --sections)")
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.ratios = {}
+    rows: list[dict] = []
     if set(args.sections) - {"big"}:
         source = load_model(args.model)
         validator = Validator(source, ValidationSettings(eval_tokens=args.eval_tokens, measure_latency=False))
         for name in ("anchor", "fused", "front"):
             if name in args.sections:
-                results[name] = globals()[f"section_{name}"](source, validator, args.out, args)
-                print(json.dumps({name: results[name]}, indent=1), flush=True)
+                table = globals()[f"section_{name}"](source, validator, args.work, args)
+                rows += named_rows(table, section=name)
+                print(json.dumps({name: table}, indent=1), flush=True)
     if "big" in args.sections:
-        results["big"] = section_big(args, args.out)
-        print(json.dumps({"big": results["big"]}, indent=1), flush=True)
-    write(args.out / "results.json", envelope("onnx_anchor", {"sections": args.sections, "model": args.model,
-                                                            "eval_tokens": args.eval_tokens, "threads": args.threads,
-                                                            "repeats": args.repeats}, results))
+        big = section_big(args, args.work)
+        rows.append({"section": "big", "name": "random:smollm2-1.7b fp32", **big})
+        print(json.dumps({"big": big}, indent=1), flush=True)
+    write(out_file, envelope(SCRIPT, {"sections": args.sections, "model": args.model, "eval_tokens": args.eval_tokens,
+                                      "threads": args.threads, "repeats": args.repeats}, rows, args.variant,
+                             ratios=args.ratios))
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

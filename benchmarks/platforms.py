@@ -7,24 +7,22 @@ no speed is recorded. Core ML bundles cannot run off macOS and are left out.
 
     make setup-arm64
     smolship export --out out            # or any folder of bundles
-    python benchmarks/platforms.py out/* --cpus cortex-a76 neoverse-n2 --tokens 256 --out bench-results/platforms.json
+    python -m benchmarks.platforms out/* --cpus cortex-a76 neoverse-n2 --tokens 256   # bench-results/platforms.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+from benchmarks.common import add_output_args, envelope, merged_rows, output_path, script_name, write
+from smolship.bundle import read_manifest
+from smolship.validation import platforms as P
+from smolship.validation.validate import ValidationSettings, Validator, source_for
 
-from envelope import envelope, merged_rows, write  # noqa: E402  (benchmarks/envelope.py)
-
-from smolship.bundle import read_manifest  # noqa: E402
-from smolship.validation import platforms as P  # noqa: E402
-from smolship.validation.validate import ValidationSettings, Validator, source_for  # noqa: E402
+SCRIPT = script_name(__file__)
 
 
 def row_key(r: dict) -> tuple:
@@ -38,8 +36,9 @@ def main() -> None:
     ap.add_argument("--cpus", nargs="*", default=None, help="qemu CPU names from .venv/arm64/env.json (default: all)")
     ap.add_argument("--no-apps", action="store_true", help="Leave out the apps' pinned runtime versions.")
     ap.add_argument("--tokens", type=int, default=P.PLATFORM_EVAL_TOKENS)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/platforms.json"))
+    add_output_args(ap)
     a = ap.parse_args()
+    a.out = output_path(a, SCRIPT)
     cpus = a.cpus
     if cpus is None:
         cpus = list(json.loads(P.arm64_env_file().read_text())["cpus"]) if P.arm64_env_file().is_file() else []
@@ -70,8 +69,8 @@ def main() -> None:
                   + ("  FINDING" if r.get("finding") else ""), flush=True)
         print(f"  ({time.time() - t0:.0f} s)")
         # written after every bundle: emulation is slow, and a run cut short keeps what it measured
-        write(a.out, envelope("benchmarks/platforms.py", {"tokens": a.tokens, "cpus": cpus, "apps": not a.no_apps},
-                              merged_rows(a.out, rows, row_key)))
+        write(a.out, envelope(SCRIPT, {"tokens": a.tokens, "cpus": cpus, "apps": not a.no_apps},
+                              merged_rows(a.out, rows, row_key), a.variant))
     print(f"wrote {a.out}")
 
 

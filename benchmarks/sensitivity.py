@@ -7,26 +7,25 @@ offgrid_screen.py computes them) and is scored teacher-forced against the fp32 m
 rank where bits pay: the ONNX recipes' 8-bit list (targets/onnx/recipes.py) is read off this table,
 largest kld per MB of 8-bit upgrade first.
 
-    python benchmarks/sensitivity.py --models offgrid default --method offset --eval-tokens 512 \\
-        --out bench-results/sensitivity.json
+    python -m benchmarks.sensitivity --models offgrid default --method offset --eval-tokens 512   # bench-results/sensitivity.json
+    python -m benchmarks.sensitivity --models random:tiny --eval-tokens 64 --calib-tokens 256 \\
+        --out /tmp/sensitivity.json                                                                # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from envelope import envelope, write  # noqa: E402
-from offgrid_screen import logits_of, onnx_effective, reference, score  # noqa: E402
+from benchmarks.common import add_output_args, envelope, output_path, script_name, write
+from benchmarks.offgrid_screen import logits_of, onnx_effective, reference, score
+from smolship.exporter.calibration import FUSED_OF, calibration_set, collect
+from smolship.exporter.model import Llama
+from smolship.targets.onnx.blockquant import BlockQuant
 
-from smolship.exporter.calibration import FUSED_OF, calibration_set, collect  # noqa: E402
-from smolship.exporter.model import Llama  # noqa: E402
-from smolship.targets.onnx.blockquant import BlockQuant  # noqa: E402
+SCRIPT = script_name(__file__)
 
 UNITS = tuple(dict.fromkeys(FUSED_OF.values()))  # qkv_proj, o_proj, gate_up_proj, down_proj
 
@@ -37,8 +36,9 @@ def main() -> None:
     ap.add_argument("--method", default="offset", help="onnx blockquant method of the 4-bit grid")
     ap.add_argument("--eval-tokens", type=int, default=512)
     ap.add_argument("--calib-tokens", type=int, default=1024)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/sensitivity.json"))
+    add_output_args(ap)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
     torch.set_num_threads(1)
     rows = []
     want_importance, want_hessian = BlockQuant(4, 32, False, args.method).needs
@@ -59,8 +59,9 @@ def main() -> None:
                        "seconds": round(time.time() - t0, 1)}
                 print(row, flush=True)
                 rows.append(row)
-        write(args.out, envelope("sensitivity", {"method": args.method, "eval_tokens": args.eval_tokens,
-                                                 "calib_tokens": args.calib_tokens}, rows))
+        write(out_file, envelope(SCRIPT, {"models": args.models, "method": args.method, "eval_tokens": args.eval_tokens,
+                                          "calib_tokens": args.calib_tokens}, rows, args.variant))
+    print(f"wrote {out_file}")
 
 
 

@@ -8,7 +8,7 @@ One 576 x 1536 matmul (a SmolLM2-135M MLP shape) at batch 1, in onnxruntime-web'
 * DequantizeLinear (int4, blocks of 32) -> MatMul, with ORT's defaults and with `session.disable_quant_qdq=1`,
   which lets constant folding turn the DequantizeLinear into an fp32 initializer at load.
 
-    python benchmarks/wasm_matmul.py --out bench-results/wasm_matmul.json
+    python -m benchmarks.wasm_matmul                    # bench-results/wasm_matmul.json
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from envelope import ROOT, envelope, write  # noqa: E402
+from benchmarks.common import ROOT, add_output_args, envelope, output_path, script_name, write
+
+SCRIPT = script_name(__file__)
 
 K, N, BLOCK = 576, 1536, 32
 ORT_WEB = ROOT / "examples/web/node_modules/onnxruntime-web/dist/ort.node.min.mjs"
@@ -84,12 +85,13 @@ def graphs(folder: Path) -> dict[str, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("bench-results/wasm_matmul.json"))
     ap.add_argument("--ort-web", type=Path, default=ORT_WEB,
                     help="ort.node.min.mjs of the onnxruntime-web to measure (default: the web example's pinned one)")
+    add_output_args(ap)
     args = ap.parse_args()
+    out_file = output_path(args, SCRIPT)
     if not args.ort_web.is_file():
-        sys.exit(f"{args.ort_web} is missing: run `bash examples/setup-js.sh` first")
+        sys.exit(f"{args.ort_web} is missing: run `make setup-js` (bash examples/setup-js.sh) first")
     version = json.loads((args.ort_web.parent.parent / "package.json").read_text())["version"]
     with tempfile.TemporaryDirectory() as tmp:
         files = graphs(Path(tmp))
@@ -103,7 +105,9 @@ def main() -> None:
     rows = [{"graph": name, "us_per_call": v, "vs_fp32": round(v / us["fp32 MatMul"], 2)} for name, v in us.items()]
     for r in rows:
         print(f"{r['graph']:55s} {r['us_per_call']:7d} us  x{r['vs_fp32']}")
-    write(args.out, envelope("wasm_matmul", {"onnxruntime_web": version, "k": K, "n": N, "block": BLOCK, "threads": 1, "calls": 50}, rows))
+    write(out_file, envelope(SCRIPT, {"onnxruntime_web": version, "k": K, "n": N, "block": BLOCK, "threads": 1, "calls": 50},
+                             rows, args.variant))
+    print(f"wrote {out_file}")
 
 
 if __name__ == "__main__":

@@ -117,14 +117,25 @@ def test_matrix_spec_errors_name_the_key_and_the_fix(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_memory_estimate_covers_measured_peaks_and_keeps_1_7b_jobs_apart():
-    """The Ray memory request comes from the config: at least every peak measured in scale.json, and
-    over half of 24 GB for 1.7B so two such jobs are never placed on one 24 GB node."""
+def test_memory_estimate_keeps_1_7b_jobs_apart():
+    """The Ray memory request comes from the config: over half of 24 GB for 1.7B, so two such jobs are never
+    placed on one 24 GB node."""
     from smolship.exporter.config import PRESETS
     from smolship.matrix.spec import estimate_memory_mb
 
-    scale = json.loads((Path(__file__).parents[1] / "bench-results" / "scale.json").read_text())
-    for row in scale["rows"]:
-        if row.get("peak_rss_mb") and row["recipe"] != "fp32":
-            assert estimate_memory_mb(PRESETS[row["model"].removeprefix("random:")]) >= row["peak_rss_mb"], row
     assert 12_000 < estimate_memory_mb(PRESETS["smollm2-1.7b"]) < 24_000
+
+
+def test_memory_estimate_covers_measured_peaks():
+    """...and at least every peak `python -m benchmarks.scale` measured (bench-results/scale.json; retired in
+    issue 27 until a run re-creates it: see bench-results/README.md)."""
+    from smolship.exporter.config import PRESETS
+    from smolship.matrix.spec import estimate_memory_mb
+
+    path = Path(__file__).parents[1] / "bench-results" / "scale.json"
+    if not path.is_file():
+        pytest.skip("bench-results/scale.json is not there: `python -m benchmarks.scale` writes it")
+    scale = json.loads(path.read_text())
+    for row in scale["rows"]:
+        if row.get("peak_rss_mb") and row["recipe"] != "fp32" and row["model"].startswith("random:"):
+            assert estimate_memory_mb(PRESETS[row["model"].removeprefix("random:")]) >= row["peak_rss_mb"], row

@@ -289,7 +289,7 @@ def test_real_135m_default_4bit_recipe(real_executorch_8da4w):
 @pytest.mark.slow
 # int8 (not a default recipe) left CI this round: a real ExecuTorch export now takes ~13 min here (about 4x last
 # round's; the cause is not found yet) and the suite must stay inside CI's 90 min. It is measured by
-# `benchmarks/executorch_front.py --variants int8` instead.
+# `python -m benchmarks.executorch_front --variants int8` instead.
 @pytest.mark.parametrize("recipe", ["8da8w"])
 def test_real_135m_8bit_recipes(default_model, default_validator, tmp_path, target, recipe, request):
     """The issue's bound, kld_mean <= 0.004; on 2,048 tokens int8 measures 0.0030 and 8da8w 0.0034
