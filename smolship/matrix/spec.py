@@ -12,7 +12,8 @@ expanded into one job per (model, target), each with the CPUs and memory it asks
     [resources]                          # max_retries, memory_gb (overrides the estimate)
 
 Memory is estimated from the model's config, without loading weights: peak RSS of export +
-validation is ~2.5 fp32 copies of the weights plus the runtimes (bench-results/scale.json: 1.7B
+validation is ~2.5 fp32 copies of the weights plus the runtimes (`python -m benchmarks.scale`, last run retired with
+its migrated results file, bench-results/README.md: 1.7B
 peaks 14.5-17.3 GB for 4-/8-bit recipes, 20.2 GB for ONNX fp32; 360M 3.2-6.3 GB).
 """
 

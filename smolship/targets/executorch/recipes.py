@@ -41,7 +41,7 @@ RECIPES = {
 # are kept up to the bf16 scale rounding). GPTQ on top over-fits the held-out text (ONNX: 0.104 -> 0.138).
 # 8-bit layers (quant/mixed.py) do not fit: this recipe is at 109 MB with two vocab-sized tables (the
 # XNNPACK head cannot serve the embedding lookup). The front (offgrid_screen.py, off-grid, eager, 768 tokens;
-# bench-results/offgrid_screen_et.json; MB from the bytes per weight: 4-bit 0.59, 8-bit 1.0):
+# bench-results/offgrid_screen-et.json; MB from the bytes per weight: 4-bit 0.59, 8-bit 1.0):
 #   this recipe                                      109.2 MB  kld 0.151 (0.147 with importance from the one
 #                                                              statistics pass instead of the Hessian diagonal)
 #   + the 8-bit rule layers (8da8w)                  ~115.8 MB       0.116  (over the 110 MB budget)

@@ -34,7 +34,7 @@ Which matrices get the 8 bits is the shared rule in quant/mixed.py, read off ben
 default model the rule's 8-bit symmetric blocks re-round Q4_1 blocks that the 4-bit offset grid holds better
 (relative RMS error 0.006-0.007 vs 0.0055), so a rule weight keeps 4 bits where they are no worse
 (`QuantPlan.narrower`): default model 103.1 MB, kld 0.0049 (the rule everywhere: 109.4 MB, 0.0064).
-In ONNX Runtime (benchmarks/onnx_anchor.py --model offgrid:..., 2,048 tokens, bench-results/onnx_anchor_offgrid.json,
+In ONNX Runtime (benchmarks/onnx_anchor.py --model offgrid:..., 2,048 tokens, bench-results/onnx_anchor-offgrid.json,
 2026-12-02, a quiet 2-core machine): the default is 109.4 MB, kld 0.072, top-1 0.852 (before: 103.1 MB, 0.284,
 0.712; the genai builder's int4: 86.5 MB, 0.478, 0.611), decoding at 125 / 169 tok/s on 1 / 2 threads (before:
 124 / 180; the builder: 167 / 235, so 0.75x / 0.72x). The speed gap is the offset blocks: their block sums
