@@ -80,7 +80,8 @@ def test_collector_measures_the_inputs(tiny_model):
     seqs = [[1, 5, 9, 200, 7, 3], [4, 4, 8]]
     seen = []
     hook = model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda _m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
-    stats = collect(model, seqs, {"down": "layers.0.mlp.down_proj"}, hessian_keys={"down"})
+    # measured here, not served from the results cache (another test may have stored this entry)
+    stats = collect(model, seqs, {"down": "layers.0.mlp.down_proj"}, hessian_keys={"down"}, use_cache=False)
     hook.remove()
     x = torch.cat(seen).double()
     assert stats.tokens == 9
