@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from envelope import envelope, write  # noqa: E402
 from offgrid_screen import logits_of, onnx_effective, reference, score  # noqa: E402
 
-from smolship.exporter.calibration import FUSED_OF, calibration_set, collect  # noqa: E402
+from smolship.exporter.calibration import calibration_set, collect  # noqa: E402
+from smolship.exporter.naming import FUSED_OF  # noqa: E402
 from smolship.exporter.model import Llama  # noqa: E402
 from smolship.targets.onnx.blockquant import BlockQuant  # noqa: E402
 

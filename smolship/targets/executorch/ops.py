@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from smolship.exporter.model import MLP, Attention, KVBuffers, Llama, RMSNorm, Rotary
+from smolship.exporter.naming import FUSED
 from smolship.targets.executorch.quantize import apply_all, concat_outputs, mean_row
 
 
@@ -158,7 +159,7 @@ def swap_modules(model: Llama) -> Llama:
         model.norm = XnnpackRMSNorm.like(model.norm)
     attns = [layer.self_attn for layer in model.layers]
     if all(a.qkv_proj is None for a in attns):  # all layers or none: they share the RoPE tables
-        fused = [concat_outputs((a.q_proj, a.k_proj, a.v_proj)) for a in attns]
+        fused = [concat_outputs([layer.get_submodule(p) for p in FUSED["qkv_proj"]]) for layer in model.layers]
         if all(f is not None for f in fused):
             for a, f in zip(attns, fused):
                 a.fuse_qkv(f)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
+from smolship.exporter.naming import FUSED, NORM_FED
 from smolship.quant.gptq import gptq
 from smolship.quant.rules import Rule, first_match
 from smolship.quant.grids import Grid, affine_minmax, affine_search, blocks_of, round_bf16, symmetric_search
@@ -394,14 +395,14 @@ def fold_smoothing(model, scales: dict[str, Tensor]) -> int:
     exporter.calibration.smoothing_scales, keyed layers.{i}.qkv_proj / layers.{i}.gate_up_proj."""
     done = 0
     for i, layer in enumerate(model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        for key, norm, mats in ((f"layers.{i}.qkv_proj", layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-                                (f"layers.{i}.gate_up_proj", layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
-            if key not in scales:
+        for fused, norm_name in NORM_FED.items():
+            if (key := f"layers.{i}.{fused}") not in scales:
                 continue
+            norm = getattr(layer, norm_name)
             s = scales[key].to(norm.weight.dtype)
             norm.weight.copy_(norm.weight / s)
-            for m in mats:
+            for part in FUSED[fused]:
+                m = layer.get_submodule(part)
                 m.weight.copy_(m.weight * s)
             done += 1
     return done
