@@ -151,12 +151,7 @@ def swap_modules(model: Llama) -> Llama:
             layer.self_attn = FusedQKVAttention.from_attention(layer.self_attn, model.max_seq_len)
         if isinstance(layer.mlp, MLP):
             layer.mlp = SharedInputMLP(layer.mlp)
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            norm = getattr(layer, name)
-            if not isinstance(norm, XnnpackRMSNorm):
-                setattr(layer, name, XnnpackRMSNorm.like(norm))
-    if not isinstance(model.norm, XnnpackRMSNorm):
-        model.norm = XnnpackRMSNorm.like(model.norm)
+    model.swap_norms(XnnpackRMSNorm)
     attns = [layer.self_attn for layer in model.layers]
     if all(a.qkv_proj is None for a in attns):  # all layers or none: they share the RoPE tables
         fused = [concat_outputs([layer.get_submodule(p) for p in FUSED["qkv_proj"]]) for layer in model.layers]

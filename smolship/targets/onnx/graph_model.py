@@ -166,12 +166,10 @@ class FusedDecoder(nn.Module):
         model = Llama.with_weights(cfg, state_dict, max_seq_len, CacheMode.EXPLICIT)  # the source's tensors, no copy
         del model.rope_cos, model.rope_sin  # GQA reads its own half tables
         smoothed_norms(model, smooth)
+        model.swap_norms(SkipRMSNorm)
         for i, layer in enumerate(model.layers):
-            layer.input_layernorm = SkipRMSNorm.like(layer.input_layernorm)
-            layer.post_attention_layernorm = SkipRMSNorm.like(layer.post_attention_layernorm)
             layer.self_attn = PackedAttention.packing(layer, smooth.get(f"layers.{i}.qkv_proj"))
             layer.mlp = PackedMLP(layer, smooth.get(f"layers.{i}.gate_up_proj"))
-        model.norm = SkipRMSNorm.like(model.norm)
         if cfg.tie_word_embeddings and not materialize_lm_head:
             model.lm_head = TiedHead(model.embed_tokens)
         else:  # its own (h, V) weight even when tied, see module docstring
