@@ -80,6 +80,15 @@ def rope_tables(cfg: LlamaConfig, max_seq_len: int) -> tuple[Tensor, Tensor]:
     return emb.cos(), emb.sin()
 
 
+def rope_halves(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """The first halves ``[max_seq, head_dim/2]`` of `rope_tables`, which repeat them: what a runtime stores when
+    its kernel takes half tables (GroupQueryAttention) or it concatenates per call (ExecuTorch: half the bytes)."""
+    half = cos.shape[-1] // 2
+    if not (torch.equal(cos[:, half:], cos[:, :half]) and torch.equal(sin[:, half:], sin[:, :half])):
+        raise ValueError("RoPE tables do not repeat their first half (rotate-half layout expected)")
+    return cos[:, :half].clone(), sin[:, :half].clone()
+
+
 class Rotary:
     """RoPE at one call's positions for ``(B, T, heads, hd)`` tensors; cos/sin ``(T, 1, hd)`` (or
     ``(T, heads, hd)``), broadcast over the heads."""

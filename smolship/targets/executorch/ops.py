@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smolship.exporter.model import MLP, Attention, KVBuffers, Llama, RMSNorm, Rotary
+from smolship.exporter.model import MLP, Attention, KVBuffers, Llama, RMSNorm, Rotary, rope_halves
 from smolship.exporter.naming import FUSED
 from smolship.targets.executorch.quantize import apply_all, concat_outputs, mean_row
 
@@ -179,9 +179,7 @@ class ExportLlama(nn.Module):
         self.max_seq_len = model.max_seq_len
         # RoPE tables repeat their first half (rotate-half layout), so the program stores only that
         # half and concatenates per call: 0.5 MB less at 2048 positions, the same values.
-        half = model.rope_cos.shape[-1] // 2
-        cos_half, sin_half = model.rope_cos[:, :half].clone(), model.rope_sin[:, :half].clone()
-        assert torch.equal(torch.cat([cos_half, cos_half], -1), model.rope_cos)
+        cos_half, sin_half = rope_halves(model.rope_cos, model.rope_sin)
         del model.rope_cos, model.rope_sin
         model.register_buffer("rope_cos_half", cos_half, persistent=False)
         model.register_buffer("rope_sin_half", sin_half, persistent=False)

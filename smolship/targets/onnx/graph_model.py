@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from smolship.exporter.config import LlamaConfig
-from smolship.exporter.model import MLP, Attention, CacheMode, Llama, RMSNorm, rope_tables
+from smolship.exporter.model import MLP, Attention, CacheMode, Llama, RMSNorm, rope_halves, rope_tables
 from smolship.exporter.naming import FUSED, NORM_FED
 from smolship.targets.onnx import contrib_ops  # noqa: F401  (registers torch.ops.smolship_ort)
 
@@ -175,10 +175,9 @@ class FusedDecoder(nn.Module):
         else:  # its own (h, V) weight even when tied, see module docstring
             model.lm_head = MatMulLinear(model.lm_head.weight.t())
         self.model = model
-        cos, sin = rope_tables(cfg, max_seq_len)  # (S, hd), halves repeated
-        half = cfg.head_dim // 2
-        self.register_buffer("cos_cache", cos[:, :half].contiguous())  # (S, hd/2) as GQA wants
-        self.register_buffer("sin_cache", sin[:, :half].contiguous())
+        cos, sin = rope_halves(*rope_tables(cfg, max_seq_len))  # (S, hd/2) as GQA wants
+        self.register_buffer("cos_cache", cos)
+        self.register_buffer("sin_cache", sin)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *past: Tensor):
         cache = GQACache(past, attention_mask, self.cos_cache, self.sin_cache, self.cfg)
