@@ -91,11 +91,15 @@ def run_case(model: str, recipe_name: str, max_seq_len: int, parity: bool, eval_
         }
         if parity:
             from smolship.targets import get_target
+            from smolship.validation.parity import ParitySettings
+            from smolship.validation.validate import ValidationSettings, Validator
             from smolship.validation.weight_parity import weight_parity
 
             manifest = {"max_seq_len": max_seq_len, "target_info": result.info}
             t0 = time.perf_counter()
-            wp = weight_parity(get_target("coreml"), Path(tmp), manifest, source, eval_tokens=eval_tokens)
+            v = Validator(source, ValidationSettings(eval_tokens=eval_tokens, measure_latency=False,
+                                                     parity=ParitySettings(greedy_prompts=2, greedy_tokens=16)))
+            wp = weight_parity(get_target("coreml"), Path(tmp), manifest, source, v.reference, v.docs, v.settings.parity)
             out["weight_parity_s"] = round(time.perf_counter() - t0, 1)
             out["weight_parity"] = {k: wp[k] for k in ("kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
                                                        "nll_delta", "greedy_match", "eval_tokens", "structure_ok",

@@ -21,7 +21,8 @@ import torch
 
 from benchmarks.common import add_output_args, envelope, output_path, script_name, write
 from benchmarks.offgrid_screen import logits_of, onnx_effective, reference, score
-from smolship.exporter.calibration import FUSED_OF, calibration_set, collect
+from smolship.exporter.calibration import calibration_set, collect
+from smolship.exporter.naming import FUSED_OF
 from smolship.exporter.model import Llama
 from smolship.targets.onnx.blockquant import BlockQuant
 

@@ -103,3 +103,28 @@ def test_with_weights_aliases_and_skips_random_init(tiny_model):
     broken = {k: v for k, v in tiny_model.state_dict.items() if k != "norm.weight"}
     with pytest.raises(ValueError, match="norm.weight"):
         Llama.with_weights(tiny_model.config, broken, max_seq_len=64)
+
+
+def test_one_fusion_table_covers_every_layer_matrix_once(tiny_model):
+    """naming.FUSED is the one q/k/v and gate/up fusion table (ONNX's graph weights, calibration keys,
+    SmoothQuant): every linear of a decoder layer is in exactly one fused matrix, and each norm it names
+    feeds that matrix. `swap_norms` reaches every RMSNorm and `rope_halves` is what the tables repeat."""
+    from torch import nn
+
+    from smolship.exporter.model import LAYER_NORMS, RMSNorm, rope_halves
+    from smolship.exporter.naming import FUSED, FUSED_OF, NORM_FED
+
+    model = tiny_model.build(64)
+    layer = model.layers[0]
+    linears = sorted(n for n, m in layer.named_modules() if isinstance(m, nn.Linear))
+    assert sorted(FUSED_OF) == linears and sum(map(len, FUSED.values())) == len(linears)
+    assert set(NORM_FED.values()) == set(LAYER_NORMS) and set(NORM_FED) <= set(FUSED)
+
+    class Marked(RMSNorm):
+        pass
+
+    model.swap_norms(Marked)
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    assert len(norms) == 2 * tiny_model.config.num_layers + 1 and all(isinstance(m, Marked) for m in norms)
+    cos, sin = rope_halves(model.rope_cos, model.rope_sin)
+    assert torch.equal(torch.cat([cos, cos], -1), model.rope_cos) and torch.equal(torch.cat([sin, sin], -1), model.rope_sin)

@@ -30,6 +30,8 @@ from smolship.targets.coreml.graph_runner import GraphRunner
 from smolship.targets.coreml.recipes import expected_compression
 from smolship.validation.weight_parity import weight_parity
 from smolship.validation.parity import measure_parity
+from smolship.validation.validate import ValidationSettings, Validator
+from conftest import quick_settings  # noqa: E402
 
 TARGET = get_target("coreml")
 CAN_RUN, WHY_NOT = TARGET.can_run()
@@ -229,7 +231,8 @@ def test_max_seq_len_out_of_range(tiny_model, tmp_path):
 @pytest.mark.parametrize("recipe", ["fp16", "w4"])
 def test_weight_parity_tiny(tiny_bundles, tiny_model, recipe):
     bundle, manifest = tiny_bundles[recipe]
-    wp = weight_parity(TARGET, bundle, manifest, tiny_model, eval_tokens=256)
+    v = Validator(tiny_model, quick_settings(256))
+    wp = weight_parity(TARGET, bundle, manifest, tiny_model, v.reference, v.docs, v.settings.parity)
     assert wp["structure_ok"], wp["structure_problems"]
     if recipe == "fp16":  # fp16 weight rounding only: relative error ~2e-4 per weight
         assert wp["max_abs_logit_diff"] < 0.05 and wp["top1_agreement"] >= 0.99
@@ -237,6 +240,25 @@ def test_weight_parity_tiny(tiny_bundles, tiny_model, recipe):
         assert wp["fp16_graph"]["kld_mean"] < 1e-3  # plus fp16 activations
     else:  # random weights are off any grid: real 4-bit error, but bounded
         assert wp["weight_rel_rmse"]["linear"] < 0.1 and wp["kld_mean"] < 0.2
+
+
+@linux_only
+def test_weight_parity_follows_the_validation_settings(tiny_bundles, tiny_model, tmp_path):
+    """Off macOS the headline figures come from weight_parity: it measures the user's --eval-tokens /
+    --eval-file documents against the validator's own reference (not a fixed 512-token eval of its own)."""
+    bundle, manifest = tiny_bundles["w8"]
+    words = "The river carried small boats past the old mill while children counted them from the bridge. "
+    eval_file = tmp_path / "mine.txt"
+    eval_file.write_text(f"{words * 3}\n\n{words * 4}\n", encoding="utf-8")
+    for settings in (quick_settings(128), ValidationSettings(eval_file=eval_file, measure_latency=False,
+                                                             parity=quick_settings().parity)):
+        v = Validator(tiny_model, settings)
+        result = v.validate(bundle, manifest)
+        wp = result["weight_parity"]
+        assert wp["eval_tokens"] == sum(len(d.ids) for d in v.docs) and wp["eval_docs"] == len(v.docs)
+        assert result["kld_mean"] == wp["kld_mean"]
+        assert set(v.reference._logits) == {d.ids for d in v.docs}  # scored by the validator's reference
+    assert [d.id for d in v.docs] == ["mine-0", "mine-1"]
 
 
 @linux_only

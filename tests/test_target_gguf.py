@@ -243,6 +243,40 @@ def test_corrupt_files_are_refused(tiny_f32, tmp_path):
         TARGET.export(None, dataclasses.replace(recipe("q8_0"), name="q3_k_s"), tmp_path, ExportOptions())
 
 
+def test_tensor_index_refuses_truncated_or_lying_headers(tmp_path):
+    """The index walks headers with the one bounded walker (exporter/gguf_header.py) and keeps every tensor
+    inside the file: a file cut short or a length pointing past its end is a SmolshipError that says what."""
+    import struct
+
+    good = tmp_path / "good.gguf"
+    w = gguf.GGUFWriter(str(good), "llama")
+    w.add_token_list(["a", "b", "c"])
+    w.add_tensor("token_embd.weight", np.ones((4, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = good.read_bytes()
+    (entry,) = tensor_table(good)
+    assert (entry.name, entry.type, entry.shape, entry.nbytes) == ("token_embd.weight", "F32", (32, 4), 512)
+    assert (tensor_bytes(good, entry).view(np.float32) == 1).all()
+    name, tokens = data.rindex(b"token_embd.weight"), data.index(b"tokenizer.ggml.tokens") + 21
+    lies = {  # file bytes -> what the refusal must say
+        data[:-64]: "ends at byte .* \\(truncated\\)",  # the last tensor's data cut short
+        data[: name + 19]: "header is truncated",  # cut inside the tensor table
+        data[: name - 8] + struct.pack("<Q", 2**62) + data[name:]: "a tensor name claims 4611686018427387904 bytes",
+        data[: tokens + 8] + struct.pack("<Q", 2**40) + data[tokens + 16:]: "claims an array of 1099511627776",
+        data[: name + 17] + struct.pack("<I", 5) + data[name + 21:]: "5 dimensions",
+        data[: name + 37] + struct.pack("<I", 999) + data[name + 41:]: "unknown ggml type 999",
+    }
+    for i, (body, words) in enumerate(lies.items()):
+        bad = tmp_path / f"bad{i}.gguf"
+        bad.write_bytes(body)
+        with pytest.raises(SmolshipError, match=f"not a readable GGUF file: .*{words}") as err:
+            tensor_table(bad)
+        assert "re-export" in err.value.fix
+
+
 def test_cli_export_of_a_corrupt_gguf_writes_nothing(tmp_path):
     import subprocess
     import sys

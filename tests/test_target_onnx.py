@@ -61,6 +61,25 @@ def test_graph_io_and_ort_prefill_decode_match_reference(tiny_model, tmp_path, g
     runner.prefill([5])  # a one-token prompt is a prefill too (empty past)
 
 
+def test_graph_is_a_typed_knob_that_the_export_follows(tiny_model, tmp_path):
+    """--set onnx.graph=plain (benchmarks/onnx_anchor.py's "fused" section) passes the knob check and exports
+    the plain graph; a quantized recipe or an unknown graph is refused before any file is written."""
+    from smolship.errors import SmolshipError
+
+    target = get_target("onnx")
+    _, manifest = export_bundle(tiny_model, "onnx", target.recipes["fp32"], tmp_path / "ok",
+                                ExportOptions(max_seq_len=64, extra={"graph": "plain"}))
+    info = manifest["target_info"]
+    assert info["graph"] == "plain" and not info["past_present_share_buffer"]
+    assert "GroupQueryAttention" not in info["ops"] and manifest["quant"]["options"] == {"graph": "plain"}
+    for recipe, graph, words in [("int4", "plain", "fused graph"), ("fp32", "fuzed", "fused, plain")]:
+        with pytest.raises(SmolshipError) as err:
+            export_bundle(tiny_model, "onnx", target.recipes[recipe], tmp_path / "bad",
+                          ExportOptions(max_seq_len=64, extra={"graph": graph}))
+        assert words in f"{err.value.problem} {err.value.fix}"
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
 def test_external_data_is_written_and_loads(tiny_model, tmp_path):
     model = export_onnx(tiny_model, "fused", max_seq_len=32)
     files = save_model(model, tmp_path, force_external=True)

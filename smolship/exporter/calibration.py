@@ -18,11 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from smolship.evalset import load_eval
+from smolship.exporter.naming import FUSED, FUSED_OF, NORM_FED
 from smolship.quant.stats import Stats, collect as collect_stats
 
-# fused-graph weight -> the reference module whose input it multiplies
-_SOURCES = {"qkv_proj": "self_attn.q_proj", "o_proj": "self_attn.o_proj",
-            "gate_up_proj": "mlp.gate_proj", "down_proj": "mlp.down_proj"}
 CALIBRATION_TOKENS = 4096  # what ONNX, ExecuTorch and Core ML calibrate on (the held-out documents hold ~3,700)
 HELD_OUT_DOCS = 16  # the eval set's last documents: never scored at the default 4,096 eval tokens
 Calibration = Stats  # importance, hessian, tokens
@@ -61,12 +59,6 @@ def held_out_docs(tokenizer, doc_tokens: int = 256):
     return load_eval(tokenizer, max_doc_tokens=doc_tokens)[-HELD_OUT_DOCS:]
 
 
-# a layer's weights (HF names) -> the fused ONNX graph weight that holds them, whose input `collect` measures
-FUSED_OF = {"self_attn.q_proj": "qkv_proj", "self_attn.k_proj": "qkv_proj", "self_attn.v_proj": "qkv_proj",
-             "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_up_proj", "mlp.up_proj": "gate_up_proj",
-             "mlp.down_proj": "down_proj"}
-
-
 def stats_key(param: str) -> str | None:
     """The `collect` key whose input a state-dict weight multiplies ("layers.3.mlp.up_proj.weight" ->
     "layers.3.gate_up_proj"); None for weights no statistic covers."""
@@ -83,21 +75,19 @@ def collect(source, sequences: list[list[int]], want_hessian: bool, use_cache: b
     model = source.build(max_seq_len=max(len(s) for s in sequences) + 1)
     inputs = {"lm_head": "lm_head"}
     for i in range(source.config.num_layers):
-        for fused, ref in _SOURCES.items():
-            inputs[f"layers.{i}.{fused}"] = f"layers.{i}.{ref}"
+        for fused, parts in FUSED.items():  # a fused matrix's input is its first part's
+            inputs[f"layers.{i}.{fused}"] = f"layers.{i}.{parts[0]}"
     return collect_stats(model, sequences, inputs, hessian_keys=inputs if want_hessian else (), use_cache=use_cache)
 
 
 def smoothing_scales(calib: Stats, state_dict: dict[str, torch.Tensor], num_layers: int,
                      alpha: float = 0.5) -> dict[str, torch.Tensor]:
     """SmoothQuant scales s = rms(x)^alpha / max|W|^(1-alpha) per input channel of the norm-fed matrices."""
-    packed = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-              "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
     scales = {}
     for i in range(num_layers):
-        for fused, parts in packed.items():
+        for fused in NORM_FED:
             name = f"layers.{i}.{fused}"
-            w = torch.cat([state_dict[f"layers.{i}.{p}.weight"] for p in parts])  # (N, K)
+            w = torch.cat([state_dict[f"layers.{i}.{p}.weight"] for p in FUSED[fused]])  # (N, K)
             act = calib.importance[name].sqrt().clamp(min=1e-6)
             wmax = w.abs().amax(0).clamp(min=1e-6)
             s = act.pow(alpha) / wmax.pow(1 - alpha)

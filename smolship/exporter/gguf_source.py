@@ -7,7 +7,6 @@ bit for bit when its requested type equals its source type.
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import torch
 
 from smolship.errors import SmolshipError
 from smolship.exporter.config import LlamaConfig
+from smolship.exporter.gguf_header import bad_gguf, read_header
 from smolship.exporter.naming import gguf_to_ours, unpermute_qk
 from smolship.exporter.tokenizer import ChatTokenizer, tokenizer_from_gguf_fields
-
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -32,113 +30,9 @@ class GGUFFile:
         return self.tensors[gguf_name]
 
 
-def _bad_gguf(path: Path, why: str) -> SmolshipError:
-    return SmolshipError(
-        f"'{path}' is not a readable GGUF file: {why}.",
-        "Check that the download finished (compare its size and sha256 with the source) or re-export it "
-        "with llama.cpp's convert_hf_to_gguf.py.",
-    )
-
-
-# GGUF value types (gguf-py's GGUFValueType) -> struct format; 8 = string, 9 = array
-_SCALAR_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_SCALAR_BYTES = {k: struct.calcsize(f) for k, f in _SCALAR_FORMAT.items()}
-_STRING, _ARRAY = 8, 9
-MAX_ARRAY = 1 << 20  # metadata array elements: vocabularies and merges are ~10^5
-MAX_DIMS = 4  # GGML_MAX_DIMS
-
-
-@dataclass
-class GGUFHeader:
-    scalars: dict  # metadata key -> number or string (arrays are only counted)
-    array_lengths: dict
-    tensor_names: list
-
-
-def prescan_gguf(path: Path) -> GGUFHeader:
-    """Walk the header with every length checked against the file before gguf-py parses it.
-
-    gguf-py reads arrays one element at a time and reads past the end as empty, so an array that claims
-    2^60 elements makes it loop (and allocate) forever; found by tests/fuzz (corpus/gguf/crash-*).
-    The scalars it returns are enough for a config (preflight), without gguf-py's slower full parse."""
-    size = os.path.getsize(path)
-    header = GGUFHeader({}, {}, [])
-    with open(path, "rb") as f:
-        def take(n: int) -> bytes:
-            b = f.read(n)
-            if len(b) != n:
-                raise ValueError("the header is truncated")
-            return b
-
-        def skip(n: int, what: str) -> None:
-            if n > size - f.tell():
-                raise ValueError(f"{what} claims {n} bytes, past the end of the file")
-            f.seek(n, 1)
-
-        def text(what: str) -> str:
-            n = u64()
-            if n > size - f.tell():
-                raise ValueError(f"{what} claims {n} bytes, past the end of the file")
-            return take(n).decode("utf-8", "replace")
-
-        u32 = lambda: struct.unpack("<I", take(4))[0]  # noqa: E731
-        u64 = lambda: struct.unpack("<Q", take(8))[0]  # noqa: E731
-
-        def value(kind: int, key: str, in_array: bool = False) -> None:
-            if kind in _SCALAR_BYTES and not in_array:
-                header.scalars[key] = struct.unpack(_SCALAR_FORMAT[kind], take(_SCALAR_BYTES[kind]))[0]
-            elif kind == _STRING and not in_array:
-                header.scalars[key] = text(f"metadata '{key}'")
-            elif kind == _STRING:
-                skip(u64(), f"a string in metadata '{key}'")
-            elif kind == _ARRAY and not in_array:
-                item, n = u32(), u64()
-                header.array_lengths[key] = n
-                if n > MAX_ARRAY:
-                    raise ValueError(f"metadata '{key}' claims an array of {n} elements (at most {MAX_ARRAY})")
-                if item in _SCALAR_BYTES:
-                    skip(n * _SCALAR_BYTES[item], f"metadata '{key}'")
-                elif item == _STRING:
-                    if 8 * n > size - f.tell():
-                        raise ValueError(f"metadata '{key}' claims {n} strings, past the end of the file")
-                    for _ in range(n):
-                        value(_STRING, key, True)
-                else:
-                    raise ValueError(f"metadata '{key}' is an array of value type {item}")
-            else:
-                raise ValueError(f"metadata '{key}' has value type {kind}")
-
-        take(4)
-        version = u32()
-        if version not in (2, 3):
-            raise ValueError(f"it is GGUF version {version}; versions 2 and 3 are read")
-        n_tensors, n_kv = u64(), u64()
-        if 12 * n_kv + 24 * n_tensors > size:
-            raise ValueError(f"it claims {n_kv} metadata keys and {n_tensors} tensors, more than {size} bytes hold")
-        for _ in range(n_kv):
-            key = text("a metadata key")
-            value(u32(), key)
-        for _ in range(n_tensors):
-            name = text("a tensor name")
-            header.tensor_names.append(name)
-            dims = u32()
-            if not 1 <= dims <= MAX_DIMS:
-                raise ValueError(f"tensor '{name}' has {dims} dimensions (1..{MAX_DIMS})")
-            elements = 1
-            for d in struct.unpack(f"<{dims}Q", take(8 * dims)):
-                elements *= d  # Python ints: no overflow
-            if elements > 8 * size:  # every GGML type takes more than one bit per element
-                raise ValueError(f"tensor '{name}' claims {elements} elements, more than a {size}-byte file holds")
-            take(12)
-    return header
-
-
 def peek_config(path: Path) -> LlamaConfig:
     """The config of a GGUF file from its header alone (milliseconds, where gguf-py takes seconds)."""
-    try:
-        h = prescan_gguf(path)
-    except ValueError as e:
-        raise _bad_gguf(path, str(e)) from None
+    h = read_header(path)
     fields = {**h.scalars, "tokenizer.ggml.tokens": range(h.array_lengths.get("tokenizer.ggml.tokens", 0))}
     return config_from_gguf(GGUFFile(Path(path), fields, dict.fromkeys(h.tensor_names)))
 
@@ -148,29 +42,22 @@ def open_gguf(path: Path) -> GGUFFile:
     import gguf
 
     path = Path(path)
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise _bad_gguf(path, f"it starts with {magic!r}, not the GGUF magic b'GGUF'")
-    try:
-        prescan_gguf(path)
-    except ValueError as e:
-        raise _bad_gguf(path, str(e)) from None
+    read_header(path)  # bounded first: gguf-py loops forever on an array that claims 2^60 elements
     try:
         reader = gguf.GGUFReader(path, "r")
     except Exception as e:  # gguf-py raises ValueError/IndexError/struct errors on corrupt headers
-        raise _bad_gguf(path, f"the header could not be parsed ({type(e).__name__}: {e})") from None
+        raise bad_gguf(path, f"the header could not be parsed ({type(e).__name__}: {e})") from None
     size = os.path.getsize(path)
     for t in reader.tensors:
         end = int(t.data_offset) + int(t.n_bytes)
         if end > size:
-            raise _bad_gguf(path, f"tensor '{t.name}' ends at byte {end} but the file has only {size} bytes (truncated)")
+            raise bad_gguf(path, f"tensor '{t.name}' ends at byte {end} but the file has only {size} bytes (truncated)")
     fields = {}
     for key, field in reader.fields.items():
         try:
             fields[key] = field.contents()
         except Exception:
-            raise _bad_gguf(path, f"metadata key '{key}' is malformed") from None
+            raise bad_gguf(path, f"metadata key '{key}' is malformed") from None
     return GGUFFile(path=path, fields=fields, tensors={t.name: t for t in reader.tensors})
 
 
@@ -219,9 +106,9 @@ def load_gguf(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], ChatTok
     except (SmolshipError, MemoryError):
         raise
     except KeyError as e:
-        raise _bad_gguf(g.path, f"the metadata key or tensor {e} is missing") from None
+        raise bad_gguf(g.path, f"the metadata key or tensor {e} is missing") from None
     except Exception as e:  # wrong types, shapes or values deep in the metadata: name them, never crash
-        raise _bad_gguf(g.path, f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise bad_gguf(g.path, f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
 def _read_tensors(g: GGUFFile, cfg: LlamaConfig) -> dict[str, torch.Tensor]:

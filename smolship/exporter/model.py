@@ -37,6 +37,8 @@ from torch import Tensor, nn
 
 from smolship.exporter.config import LlamaConfig
 
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm")  # each decoder layer's RMSNorms (Llama.swap_norms)
+
 
 class CacheMode(str, enum.Enum):
     BUFFERS = "buffers"  # the model owns in-place K/V buffers: Llama(tokens, input_pos) works
@@ -76,6 +78,15 @@ def rope_tables(cfg: LlamaConfig, max_seq_len: int) -> tuple[Tensor, Tensor]:
     freqs = torch.outer(t, inv_freq)  # (S, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (S, hd)
     return emb.cos(), emb.sin()
+
+
+def rope_halves(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """The first halves ``[max_seq, head_dim/2]`` of `rope_tables`, which repeat them: what a runtime stores when
+    its kernel takes half tables (GroupQueryAttention) or it concatenates per call (ExecuTorch: half the bytes)."""
+    half = cos.shape[-1] // 2
+    if not (torch.equal(cos[:, half:], cos[:, :half]) and torch.equal(sin[:, half:], sin[:, :half])):
+        raise ValueError("RoPE tables do not repeat their first half (rotate-half layout expected)")
+    return cos[:, :half].clone(), sin[:, :half].clone()
 
 
 class Rotary:
@@ -276,6 +287,16 @@ class Llama(nn.Module):
         if missing or unexpected:
             raise ValueError(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         return model.eval()
+
+    def swap_norms(self, cls: type) -> None:
+        """In place: every RMSNorm (both of each layer's and the final one) becomes `cls` over its own weight,
+        the module swap a runtime's norm kernel needs; norms that already are `cls` stay."""
+        for layer in self.layers:
+            for name in LAYER_NORMS:
+                if not isinstance(getattr(layer, name), cls):
+                    setattr(layer, name, cls.like(getattr(layer, name)))
+        if not isinstance(self.norm, cls):
+            self.norm = cls.like(self.norm)
 
     def drop_static_cache(self) -> None:
         """Free the reference cache's buffers and mask, for a target that brings its own cache."""

@@ -1,4 +1,5 @@
-"""Tensor-name tables between Hugging Face Llama checkpoints and llama.cpp's GGUF, kept as data.
+"""Tensor-name tables between Hugging Face Llama checkpoints, llama.cpp's GGUF and the fused matrices
+runtimes multiply, kept as data.
 
 Our model's parameter names are Hugging Face's without the ``model.`` prefix. llama.cpp stores the
 Q and K projections with their rows permuted for its rotary kernel; `permute_qk` / `unpermute_qk`
@@ -26,6 +27,18 @@ GLOBAL_TENSORS: dict[str, str] = {
     "output_norm.weight": "norm.weight",
     "output.weight": "lm_head.weight",
 }
+
+# per-layer: fused matrix (ONNX's graph weights, calibration keys) -> the layer modules it concatenates along
+# its output, in order; they all multiply the same input. The one fusion table: q/k/v and gate/up.
+FUSED: dict[str, tuple[str, ...]] = {
+    "qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "o_proj": ("self_attn.o_proj",),
+    "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "down_proj": ("mlp.down_proj",),
+}
+FUSED_OF: dict[str, str] = {part: fused for fused, parts in FUSED.items() for part in parts}
+# the fused matrices an RMSNorm feeds -> that norm (where SmoothQuant folds its scales)
+NORM_FED: dict[str, str] = {"qkv_proj": "input_layernorm", "gate_up_proj": "post_attention_layernorm"}
 
 
 def gguf_to_ours(name: str) -> str:

@@ -39,8 +39,19 @@ class Grid:
     def codes(self, blocks: Tensor) -> Tensor:
         return (blocks / self.scale + self.zero).round().clamp(self.qmin, self.qmax)
 
+    def integer_codes(self, blocks: Tensor) -> Tensor:
+        """round(w / scale) + zero, for an integer zero point: what a kernel that adds its zero point after
+        rounding stores (`codes` rounds w / scale + zero in one step, which can differ by one at a tie)."""
+        return ((blocks / self.scale).round() + self.zero).clamp(self.qmin, self.qmax)
+
     def dequant(self, codes: Tensor) -> Tensor:
         return (codes - self.zero) * self.scale
+
+    def with_scale(self, stored) -> "Grid":
+        """The same range with the scale rounded as the kernel stores it (`stored`: Tensor -> Tensor, e.g. to
+        fp16); the zero point follows the stored scale, so the block's offset in weight units stays."""
+        scale = stored(self.scale)
+        return Grid(scale, self.zero * self.scale / scale, self.qmin, self.qmax)
 
     def per_column(self, bs: int) -> tuple[Tensor, Tensor]:
         """(scale, zero) repeated to (N, K): what GPTQ's column loop reads."""
@@ -57,20 +68,24 @@ class Grid:
 
 
 def affine_minmax(blocks: Tensor, bits: int, shrink: Tensor | float = 1.0, integer_zero: bool = False,
-                  include_zero: bool = False) -> Grid:
+                  include_zero: bool = False, stored=None, zero_range: tuple[int, int] | None = None) -> Grid:
     """Codes 0..2^bits-1 spanning [min, max] of each block (shrunk toward 0 by `shrink`).
 
-    integer_zero rounds the zero point to a code (kernels with uint zero points); include_zero widens
-    the range to contain 0 first (needed for an integer zero point inside [0, levels])."""
+    integer_zero rounds the zero point to a code (kernels with uint zero points), clamped to `zero_range`
+    (default [0, levels]; a kernel with a wider zero type may hold one outside the codes); include_zero
+    widens the range to contain 0 first (needed for an integer zero point inside [0, levels]). `stored`
+    rounds the scale as the kernel stores it (e.g. to fp16) before the zero point is derived from it."""
     levels = 2 ** bits - 1
     lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
     if include_zero:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     lo, hi = lo * shrink, hi * shrink
     scale = ((hi - lo) / levels).clamp(min=1e-12)
+    if stored is not None:
+        scale = stored(scale)
     zero = -lo / scale
     if integer_zero:
-        zero = zero.round().clamp(0, levels)
+        zero = zero.round().clamp(*(zero_range or (0, levels)))
     return Grid(scale, zero, 0, levels)
 
 

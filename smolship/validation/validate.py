@@ -87,7 +87,7 @@ class Validator:
                 result.update(latency_in_worker(bundle, self.settings.latency))
         if can_run and manifest["target"] in APP_PINNED_TARGETS:  # the runtime versions the apps ship
             result["platforms"] = self.platform_rows(bundle, manifest, app_platforms_or_note(manifest["target"]), progress)
-        weight = weight_parity(target, bundle, manifest, self.source)
+        weight = weight_parity(target, bundle, manifest, self.source, self.reference, self.docs, self.settings.parity)
         if weight is not None:
             result["weight_parity"] = weight
             if not can_run:  # the best available evidence fills the headline metrics, flagged as such

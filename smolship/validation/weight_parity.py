@@ -1,6 +1,7 @@
 """Parity without the runtime (Core ML off macOS): the target hands back its stored weights as Runners
 (`Target.stored_weights`), and this module drives them through the same teacher-forced prefill + decode
-loop as every runtime (validation.parity.measure_parity) against the fp32 reference."""
+loop as every runtime (validation.parity.measure_parity) against the fp32 reference, on the validator's
+documents (--eval-tokens / --eval-file) and its reference (whose logits the results cache shares)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ from pathlib import Path
 
 import torch
 
-from smolship.runner import ReferenceRunner
-from smolship.evalset import load_eval
+from smolship.evalset import EvalDoc
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
 
-EVAL_TOKENS = 512  # a short eval: the loop runs in PyTorch eager, one decode step per token
-SETTINGS = ParitySettings(greedy_prompts=2, greedy_tokens=16)
 GRAPH_KEYS = ("kld_mean", "top1_agreement", "max_abs_logit_diff", "nll_delta", "greedy_match")
 
 
@@ -32,25 +30,25 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def weight_parity(target, bundle: Path, manifest: dict, source, eval_tokens: int = EVAL_TOKENS,
-                  threads: int = 1, with_graph: bool = True) -> dict | None:
+def weight_parity(target, bundle: Path, manifest: dict, source, reference: ReferenceCache, docs: list[EvalDoc],
+                  settings: ParitySettings = ParitySettings(), threads: int = 1, with_graph: bool = True) -> dict | None:
     """measure_parity of the stored weights, plus `fp16_graph` (the converted graph's own precision) and the
-    target's facts (structure check, storage); None when the target has no stored-weights view."""
+    target's facts (structure check, storage); None when the target has no stored-weights view.
+    `reference`, `docs`, `settings`: the validator's (Validator.reference / .docs / .settings.parity), so the
+    figures follow the user's eval settings like every runtime's."""
     stored = target.stored_weights(bundle, manifest, source)
     if stored is None:
         return None
-    docs = load_eval(source.tokenizer, max_tokens=eval_tokens)
-    seq = max(max(len(d.ids) for d in docs) + SETTINGS.greedy_tokens + 8, 256)
+    seq = max(max(len(d.ids) for d in docs) + settings.greedy_tokens + 8, 256)
     with torch.inference_mode(), torch_threads(threads):
-        reference = ReferenceCache(ReferenceRunner.from_source(source, max_seq_len=seq))
         runner = stored.weights_runner(seq)
-        metrics = measure_parity(runner, reference, docs, SETTINGS)
+        metrics = measure_parity(runner, reference, docs, settings)
         del runner
         gc.collect()  # the read-back model's fp32 tensors go before the fp16 copy is made
         graph = None
         if with_graph:
             try:
-                got = measure_parity(stored.graph_runner(seq), reference, docs, SETTINGS)
+                got = measure_parity(stored.graph_runner(seq), reference, docs, settings)
                 graph = {k: got[k] for k in GRAPH_KEYS}
             except ValueError as e:  # measure_parity refuses non-finite logits: an fp16 overflow
                 graph = {"error": str(e)}

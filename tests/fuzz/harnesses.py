@@ -41,10 +41,13 @@ def _read_as_file(data: bytes, name: str, reader, pass_folder: bool = False) -> 
 
 
 def gguf(data: bytes) -> None:
-    """exporter/gguf_source.load_gguf: header, metadata, tensor table, tokenizer, dequantized tensors."""
+    """exporter/gguf_source.load_gguf: header, metadata, tensor table, tokenizer, dequantized tensors; and the
+    GGUF target's tensor index (targets/gguf/index.tensor_table), which shares its header walker."""
     from smolship.exporter.gguf_source import load_gguf
+    from smolship.targets.gguf.index import tensor_table
 
     _read_as_file(data, "model.gguf", load_gguf)
+    _read_as_file(data, "model.gguf", tensor_table)
 
 
 def safetensors(data: bytes) -> None:

@@ -22,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 with atheris.instrument_imports(include=["smolship", "gguf", "jinja2", "safetensors", "harnesses"]):
     import harnesses
     import smolship.exporter.config  # noqa: F401  - the readers, instrumented for coverage feedback
+    import smolship.exporter.gguf_header  # noqa: F401
     import smolship.exporter.gguf_source  # noqa: F401
     import smolship.exporter.hf_weights  # noqa: F401
     import smolship.exporter.tokenizer  # noqa: F401
+    import smolship.targets.gguf.index  # noqa: F401
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ Three storage schemes, all iOS18 constexpr ops that Core ML dequantizes on devic
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import coremltools.optimize as cto
 import numpy as np
@@ -51,23 +52,18 @@ def asymmetric_blocks(w: np.ndarray, bits: int, block: int, search: bool = False
 
     from smolship.quant.grids import affine_minmax, affine_search
 
+    def fp16_scale(scale):  # as stored; a constant block's zero scale becomes 1 (q = offset reproduces it)
+        scale = scale.half().float()
+        return torch.where(scale == 0, torch.ones_like(scale), scale)
+
     o, i = w.shape
     if i % block:
         raise ValueError(f"input width {i} is not a multiple of the block size {block}")
-    levels = (1 << bits) - 1
-    b = w.astype(np.float32).reshape(o, i // block, block)  # (O, nb, block)
-    tb = torch.from_numpy(b)
-    grid = affine_search(tb, bits, importance) if search else affine_minmax(tb, bits)
-    lo = (-grid.zero * grid.scale)[..., 0].numpy()  # (O, nb): the block's offset in weight units
-    scale = (grid.scale[..., 0].numpy()).astype(np.float16)
-    if not search:  # bit-compatible with the min/max grid this recipe shipped with
-        lo, hi = b.min(-1), b.max(-1)
-        scale = ((hi - lo) / levels).astype(np.float16)
-    scale[scale == 0] = np.float16(1.0)  # constant block: any scale, q = offset reproduces it
-    s32 = scale.astype(np.float32)
-    offset = (-lo / s32).astype(np.float16)
-    q = np.clip(np.rint(b / s32[..., None] + offset.astype(np.float32)[..., None]), 0, levels)
-    return q.reshape(o, i).astype(np.uint8), scale, offset
+    tb = torch.from_numpy(w.astype(np.float32).reshape(o, i // block, block))  # (O, nb, block)
+    grid = affine_search(tb, bits, importance).with_scale(fp16_scale) if search else affine_minmax(tb, bits, stored=fp16_scale)
+    grid = replace(grid, zero=grid.zero.half().float())  # the offset as stored: codes are rounded for it
+    q = grid.codes(tb).reshape(o, i).numpy().astype(np.uint8)
+    return q, grid.scale[..., 0].numpy().astype(np.float16), grid.zero[..., 0].numpy().astype(np.float16)
 
 
 class AsymmetricBlockwise(AbstractGraphPass):

@@ -81,10 +81,7 @@ class StateCache:
 
 def swap_norms(model: Llama) -> Llama:
     """In place: every RMSNorm becomes an FP16SafeRMSNorm over the same weight."""
-    for layer in model.layers:
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            setattr(layer, name, FP16SafeRMSNorm.like(getattr(layer, name)))
-    model.norm = FP16SafeRMSNorm.like(model.norm)
+    model.swap_norms(FP16SafeRMSNorm)
     return model
 
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smolship.exporter.model import MLP, Attention, KVBuffers, Llama, RMSNorm, Rotary
+from smolship.exporter.model import MLP, Attention, KVBuffers, Llama, RMSNorm, Rotary, rope_halves
+from smolship.exporter.naming import FUSED
 from smolship.targets.executorch.quantize import apply_all, concat_outputs, mean_row
 
 
@@ -150,15 +151,10 @@ def swap_modules(model: Llama) -> Llama:
             layer.self_attn = FusedQKVAttention.from_attention(layer.self_attn, model.max_seq_len)
         if isinstance(layer.mlp, MLP):
             layer.mlp = SharedInputMLP(layer.mlp)
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            norm = getattr(layer, name)
-            if not isinstance(norm, XnnpackRMSNorm):
-                setattr(layer, name, XnnpackRMSNorm.like(norm))
-    if not isinstance(model.norm, XnnpackRMSNorm):
-        model.norm = XnnpackRMSNorm.like(model.norm)
+    model.swap_norms(XnnpackRMSNorm)
     attns = [layer.self_attn for layer in model.layers]
     if all(a.qkv_proj is None for a in attns):  # all layers or none: they share the RoPE tables
-        fused = [concat_outputs((a.q_proj, a.k_proj, a.v_proj)) for a in attns]
+        fused = [concat_outputs([layer.get_submodule(p) for p in FUSED["qkv_proj"]]) for layer in model.layers]
         if all(f is not None for f in fused):
             for a, f in zip(attns, fused):
                 a.fuse_qkv(f)
@@ -183,9 +179,7 @@ class ExportLlama(nn.Module):
         self.max_seq_len = model.max_seq_len
         # RoPE tables repeat their first half (rotate-half layout), so the program stores only that
         # half and concatenates per call: 0.5 MB less at 2048 positions, the same values.
-        half = model.rope_cos.shape[-1] // 2
-        cos_half, sin_half = model.rope_cos[:, :half].clone(), model.rope_sin[:, :half].clone()
-        assert torch.equal(torch.cat([cos_half, cos_half], -1), model.rope_cos)
+        cos_half, sin_half = rope_halves(model.rope_cos, model.rope_sin)
         del model.rope_cos, model.rope_sin
         model.register_buffer("rope_cos_half", cos_half, persistent=False)
         model.register_buffer("rope_sin_half", sin_half, persistent=False)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
+from smolship.exporter.naming import FUSED, NORM_FED
 from smolship.quant.gptq import gptq
 from smolship.quant.rules import Rule, first_match
 from smolship.quant.grids import Grid, affine_minmax, affine_search, blocks_of, round_bf16, symmetric_search
@@ -329,13 +330,13 @@ def quantize_embedding(emb: nn.Embedding, scheme: EmbeddingScheme) -> None:
     rows, dim = w.shape
     g = dim if scheme.group_size == 0 else scheme.group_size
     if scheme.asymmetric:
-        wg = w.reshape(rows, dim // g, g)
-        lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-        levels = 2 ** scheme.bits - 1
-        s = ((hi - lo) / levels).clamp(min=1e-8).half().float()  # stored as fp16 (half the bytes of fp32)
+        # the core's min/max grid in signed codes (code - 2^(bits-1)); its scale stored as fp16 (half the
+        # bytes of fp32) and its integer zero point anywhere an int8 holds
         qmin = -(2 ** (scheme.bits - 1))
-        zp = (qmin - torch.round(lo / s)).clamp(-128, 127)
-        q = (torch.round(wg / s) + zp).clamp(qmin, qmin + levels)
+        wg = blocks_of(w, g)
+        grid = affine_minmax(wg, scheme.bits, integer_zero=True, stored=lambda s: s.clamp(min=1e-8).half().float(),
+                             zero_range=(-128 - qmin, 127 - qmin))
+        q, zp, s = grid.integer_codes(wg) + qmin, grid.zero + qmin, grid.scale
         # fp16 scales halve their bytes; ExecuTorch's kernel then wants fp16 zero points and output,
         # so the lookup returns fp16 rows and ExportLlama casts them to fp32.
         weight = intx_weight(q.reshape(rows, dim).to(torch.int8), s.squeeze(-1).half(), scheme.bits, scheme.group_size,
@@ -394,14 +395,14 @@ def fold_smoothing(model, scales: dict[str, Tensor]) -> int:
     exporter.calibration.smoothing_scales, keyed layers.{i}.qkv_proj / layers.{i}.gate_up_proj."""
     done = 0
     for i, layer in enumerate(model.layers):
-        attn, mlp = layer.self_attn, layer.mlp
-        for key, norm, mats in ((f"layers.{i}.qkv_proj", layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-                                (f"layers.{i}.gate_up_proj", layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
-            if key not in scales:
+        for fused, norm_name in NORM_FED.items():
+            if (key := f"layers.{i}.{fused}") not in scales:
                 continue
+            norm = getattr(layer, norm_name)
             s = scales[key].to(norm.weight.dtype)
             norm.weight.copy_(norm.weight / s)
-            for m in mats:
+            for part in FUSED[fused]:
+                m = layer.get_submodule(part)
                 m.weight.copy_(m.weight * s)
             done += 1
     return done

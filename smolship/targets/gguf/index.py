@@ -1,22 +1,19 @@
 """A fast read of a GGUF file's tensor table (name, type, shape, data offset), skipping the metadata.
 
 gguf-py's GGUFReader builds a numpy view for every one of the ~150k vocabulary strings (seconds per
-file); checking what was written only needs the tensor table, so this walks the header with `struct`
-(format: github.com/ggml-org/ggml/blob/master/docs/gguf.md).
+file); checking what was written only needs the tensor table. The header is walked by the one bounded
+walker (exporter/gguf_header.py), and every tensor's bytes must lie inside the file.
 """
 
 from __future__ import annotations
 
-import struct
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-# GGUF metadata value types -> fixed byte size (8 = string, 9 = array are variable)
-SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-STRING, ARRAY, UINT32 = 8, 9, 4
-DEFAULT_ALIGNMENT = 32
+from smolship.exporter.gguf_header import bad_gguf, read_header
 
 
 @dataclass(frozen=True)
@@ -28,66 +25,25 @@ class TensorEntry:
     nbytes: int
 
 
-class _Cursor:
-    def __init__(self, buf: memoryview):
-        self.buf, self.pos = buf, 0
-
-    def take(self, fmt: str):
-        vals = struct.unpack_from("<" + fmt, self.buf, self.pos)
-        self.pos += struct.calcsize("<" + fmt)
-        return vals[0] if len(vals) == 1 else vals
-
-    def string(self) -> str:
-        n = self.take("Q")
-        s = bytes(self.buf[self.pos: self.pos + n]).decode("utf-8", errors="replace")
-        self.pos += n
-        return s
-
-    def skip_value(self, vtype: int) -> None:
-        if vtype == STRING:
-            n = self.take("Q")
-            self.pos += n
-        elif vtype == ARRAY:
-            itype, n = self.take("I"), self.take("Q")
-            if itype in SCALAR_SIZES:
-                self.pos += SCALAR_SIZES[itype] * n
-            else:
-                for _ in range(n):
-                    self.skip_value(itype)
-        else:
-            self.pos += SCALAR_SIZES[vtype]
-
-
 def tensor_table(path: Path) -> list[TensorEntry]:
+    """Every tensor of `path`; a malformed header or a tensor past the end of the file is a SmolshipError."""
     import gguf
 
-    with open(path, "rb") as f:
-        data = np.memmap(f, dtype=np.uint8, mode="r")
-    c = _Cursor(memoryview(data))
-    if bytes(data[:4]) != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file")
-    c.pos = 4
-    _version, n_tensors, n_kv = c.take("I"), c.take("Q"), c.take("Q")
-    alignment = DEFAULT_ALIGNMENT
-    for _ in range(n_kv):
-        key, vtype = c.string(), c.take("I")
-        if key == "general.alignment" and vtype == UINT32:
-            alignment = c.take("I")
-        else:
-            c.skip_value(vtype)
-    infos = []
-    for _ in range(n_tensors):
-        name = c.string()
-        n_dims = c.take("I")
-        shape = tuple(c.take("Q") for _ in range(n_dims))
-        ttype, offset = c.take("I"), c.take("Q")
-        infos.append((name, gguf.GGMLQuantizationType(ttype), shape, offset))
-    start = (c.pos + alignment - 1) // alignment * alignment
+    header = read_header(path)
     out = []
-    for name, qtype, shape, offset in infos:
-        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-        nbytes = int(np.prod(shape)) // block * type_size
-        out.append(TensorEntry(name, qtype.name, shape, start + offset, nbytes))
+    for t in header.tensors:
+        try:
+            qtype = gguf.GGMLQuantizationType(t.ggml_type)
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise bad_gguf(path, f"tensor '{t.name}' has unknown ggml type {t.ggml_type}") from None
+        if t.shape[0] % block:
+            raise bad_gguf(path, f"tensor '{t.name}' rows of {t.shape[0]} are not whole {qtype.name} blocks of {block}")
+        start, nbytes = header.data_start + t.offset, math.prod(t.shape) // block * type_size
+        if start + nbytes > header.size:
+            raise bad_gguf(path, f"tensor '{t.name}' ends at byte {start + nbytes} but the file has only "
+                                 f"{header.size} bytes (truncated)")
+        out.append(TensorEntry(t.name, qtype.name, t.shape, start, nbytes))
     return out
 
 

@@ -21,6 +21,7 @@ import torch
 
 from smolship.exporter.model import CacheMode
 from smolship.targets.onnx.graph_model import ExplicitDecoder, FusedDecoder, io_names, weight_name
+from smolship.targets.onnx.recipes import GRAPHS
 
 ONNX_DIR = "onnx"  # transformers.js looks for its decoders in this sub-folder
 MODEL_FILE = "model.onnx"
@@ -28,7 +29,6 @@ MODEL_FILE = "model.onnx"
 ONNX_FILES = {"fp32": ("fp32", "model.onnx"), "fp16": ("fp16", "model_fp16.onnx"),
               "int8": ("q8", "model_quantized.onnx"), "int4": ("q4", "model_q4.onnx")}
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
-GRAPHS = ("fused", "plain")
 
 
 def build_module(source, graph: str, max_seq_len: int, dtype: torch.dtype = torch.float32,

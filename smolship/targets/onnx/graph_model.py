@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from smolship.exporter.config import LlamaConfig
-from smolship.exporter.model import MLP, Attention, CacheMode, Llama, RMSNorm, rope_tables
+from smolship.exporter.model import MLP, Attention, CacheMode, Llama, RMSNorm, rope_halves, rope_tables
+from smolship.exporter.naming import FUSED, NORM_FED
 from smolship.targets.onnx import contrib_ops  # noqa: F401  (registers torch.ops.smolship_ort)
 
 
@@ -83,16 +84,24 @@ class SkipRMSNorm(RMSNorm):
         return torch.ops.smolship_ort.skip_rms_norm(x, residual, self.weight, self.eps)
 
 
+def fused_weight(layer: nn.Module, fused: str, smooth: Tensor | None = None) -> Tensor:
+    """A fused matrix (in, out) of one decoder layer: its parts' weights (naming.FUSED) stacked along the
+    output, their input columns scaled by `smooth` (SmoothQuant) when given."""
+    parts = [layer.get_submodule(p).weight for p in FUSED[fused]]
+    w = torch.cat(parts) if len(parts) > 1 else parts[0]  # (N, h)
+    return (w if smooth is None else w * smooth).t()
+
+
 class PackedAttention(Attention):
     """q, k and v from one (h, (nh + 2 nkv) hd) MatMul, handed on packed (GroupQueryAttention's own
     packed-QKV form: key and value None); o_proj a MatMul too. No RoPE here: GQA rotates."""
 
     @classmethod
-    def packing(cls, attn: Attention, smooth: Tensor | None) -> "PackedAttention":
-        new = cls.like(attn)
-        w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # (N, h)
-        new.qkv_proj = MatMulLinear((w if smooth is None else w * smooth).t())  # (h, N)
-        new.o_proj = MatMulLinear(attn.o_proj.weight.t())
+    def packing(cls, layer: nn.Module, smooth: Tensor | None) -> "PackedAttention":
+        """From a decoder layer's attention: q/k/v and o as naming.FUSED concatenates them."""
+        new = cls.like(layer.self_attn)
+        new.qkv_proj = MatMulLinear(fused_weight(layer, "qkv_proj", smooth))  # (h, N)
+        new.o_proj = MatMulLinear(fused_weight(layer, "o_proj"))
         return new
 
     def project(self, x: Tensor, rotary) -> tuple[Tensor, None, None]:
@@ -102,11 +111,11 @@ class PackedAttention(Attention):
 class PackedMLP(MLP):
     """gate and up from one (h, 2 i) MatMul; down_proj a MatMul."""
 
-    def __init__(self, mlp: MLP, smooth: Tensor | None):
+    def __init__(self, layer: nn.Module, smooth: Tensor | None):
+        """From a decoder layer's MLP: gate/up and down as naming.FUSED concatenates them."""
         nn.Module.__init__(self)
-        w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # (2 i, h)
-        self.gate_up_proj = MatMulLinear((w if smooth is None else w * smooth).t())
-        self.down_proj = MatMulLinear(mlp.down_proj.weight.t())
+        self.gate_up_proj = MatMulLinear(fused_weight(layer, "gate_up_proj", smooth))  # (h, 2 i)
+        self.down_proj = MatMulLinear(fused_weight(layer, "down_proj"))
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -141,9 +150,9 @@ def smoothed_norms(model: Llama, smooth: dict[str, Tensor]) -> None:
     magnitudes that int8 activation quantization sees (SmoothQuant, Xiao et al., 2022). The norms here;
     `PackedAttention` / `PackedMLP` scale the matrices."""
     for i, layer in enumerate(model.layers):
-        for norm, key in ((layer.input_layernorm, f"layers.{i}.qkv_proj"), (layer.post_attention_layernorm,
-                                                                             f"layers.{i}.gate_up_proj")):
-            if key in smooth:
+        for fused, name in NORM_FED.items():
+            if (key := f"layers.{i}.{fused}") in smooth:
+                norm = getattr(layer, name)
                 norm.weight = nn.Parameter(norm.weight / smooth[key], requires_grad=False)
 
 
@@ -157,21 +166,18 @@ class FusedDecoder(nn.Module):
         model = Llama.with_weights(cfg, state_dict, max_seq_len, CacheMode.EXPLICIT)  # the source's tensors, no copy
         del model.rope_cos, model.rope_sin  # GQA reads its own half tables
         smoothed_norms(model, smooth)
+        model.swap_norms(SkipRMSNorm)
         for i, layer in enumerate(model.layers):
-            layer.input_layernorm = SkipRMSNorm.like(layer.input_layernorm)
-            layer.post_attention_layernorm = SkipRMSNorm.like(layer.post_attention_layernorm)
-            layer.self_attn = PackedAttention.packing(layer.self_attn, smooth.get(f"layers.{i}.qkv_proj"))
-            layer.mlp = PackedMLP(layer.mlp, smooth.get(f"layers.{i}.gate_up_proj"))
-        model.norm = SkipRMSNorm.like(model.norm)
+            layer.self_attn = PackedAttention.packing(layer, smooth.get(f"layers.{i}.qkv_proj"))
+            layer.mlp = PackedMLP(layer, smooth.get(f"layers.{i}.gate_up_proj"))
         if cfg.tie_word_embeddings and not materialize_lm_head:
             model.lm_head = TiedHead(model.embed_tokens)
         else:  # its own (h, V) weight even when tied, see module docstring
             model.lm_head = MatMulLinear(model.lm_head.weight.t())
         self.model = model
-        cos, sin = rope_tables(cfg, max_seq_len)  # (S, hd), halves repeated
-        half = cfg.head_dim // 2
-        self.register_buffer("cos_cache", cos[:, :half].contiguous())  # (S, hd/2) as GQA wants
-        self.register_buffer("sin_cache", sin[:, :half].contiguous())
+        cos, sin = rope_halves(*rope_tables(cfg, max_seq_len))  # (S, hd/2) as GQA wants
+        self.register_buffer("cos_cache", cos)
+        self.register_buffer("sin_cache", sin)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, *past: Tensor):
         cache = GQACache(past, attention_mask, self.cos_cache, self.sin_cache, self.cfg)

@@ -76,6 +76,7 @@ INT8_LAYERS = BlockQuant(bits=8, block_size=32, symmetric=False, method="rtn")
 INT4_EIGHT_BIT_LAYERS = BlockQuant(bits=8, block_size=64, symmetric=True, method="rtn")  # 8.5 bits a weight
 INT4_METHOD = "offset-search"
 INT8_SMOOTH_ALPHA = 0.5
+GRAPHS = ("fused", "plain")  # ORT contrib ops + shared KV buffer | standard ops + concatenated cache
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class RecipePlan:
     dtype: str  # "float32" | "float16": the exported graph's float type (weights, KV cache, logits)
     quant: QuantPlan | None
     smooth_alpha: float | None = None  # SmoothQuant strength for the norm-fed matrices (int8 activations)
+    graph: str = "fused"  # one of GRAPHS
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,20 @@ class OnnxKnobs:
     smooth_alpha: float | None = knob(None, "SmoothQuant alpha (default: 0.5 for int8, off for int4; 0 = off)")
     accuracy_level: int = knob(4, "MatMulNBits accuracy_level (4 = int8 activations, 0 = float; not 4: contrib ops, "
                                   "no browser fold)")
+    graph: str = knob("fused", "fused (GroupQueryAttention, shared KV buffer) | plain (standard ops, concatenated "
+                               "cache; fp32 / fp16 only)")
 
 
 def plan_for(recipe: Recipe, options: ExportOptions, num_layers: int) -> RecipePlan:
     """Recipe + user options (OnnxKnobs) -> what to export for a model of `num_layers` decoder layers."""
-    if recipe.name in ("fp32", "fp16"):
-        return RecipePlan("float32" if recipe.name == "fp32" else "float16", None)
     k = parse(OnnxKnobs, options.extra, "onnx")
+    if k.graph not in GRAPHS:
+        raise SmolshipError(f"onnx option graph={k.graph!r} is not a graph.", f"Use one of: {', '.join(GRAPHS)}.")
+    if recipe.name in ("fp32", "fp16"):
+        return RecipePlan("float32" if recipe.name == "fp32" else "float16", None, graph=k.graph)
+    if k.graph != "fused":  # the rules name the fused graph's weights: a plain graph would stay float
+        raise SmolshipError(f"The onnx {recipe.name} recipe needs the fused graph (got graph={k.graph!r}).",
+                            "Drop the graph option, or use graph=plain with the fp32 or fp16 recipe.")
     head = None if options.keep_embeddings_fp else (EMBEDDING_8BIT if recipe.name == "int8" else INT4_EMBEDDING)
     if k.lm_head_bits == 4 and head is not None:
         # half the bytes a decode step reads for the 49k-row head (speed), at an accuracy cost the

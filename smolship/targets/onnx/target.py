@@ -39,7 +39,7 @@ class OnnxTarget(Target):
         from smolship.targets.onnx.quantize import quantize_model
 
         plan = plan_for(recipe, options, model.config.num_layers)
-        graph = (options.extra or {}).get("graph", "fused")
+        graph = plan.graph
         if graph == "fused" and options.max_seq_len > model.config.max_position_embeddings * 4:
             raise SmolshipError(f"--max-seq-len {options.max_seq_len} is far beyond the model's "
                                 f"{model.config.max_position_embeddings} positions.", "Use a smaller --max-seq-len.")
