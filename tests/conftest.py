@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -14,16 +16,34 @@ from smolship.validation.validate import ValidationSettings, Validator
 from matrix_fixtures import local_matrix, matrix_spec  # noqa: F401  (the release matrix, shared by test_matrix and test_ray)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def results_store(tmp_path_factory):
-    """One results store (smolship/cache.py) for the session: tests and the CLI processes they start share
-    reference logits and statistics with each other, and leave nothing in the user's cache folder."""
-    if os.environ.get("SMOLSHIP_RESULTS_CACHE"):
-        yield os.environ["SMOLSHIP_RESULTS_CACHE"]
-        return
-    os.environ["SMOLSHIP_RESULTS_CACHE"] = str(tmp_path_factory.mktemp("results"))
-    yield os.environ["SMOLSHIP_RESULTS_CACHE"]
-    del os.environ["SMOLSHIP_RESULTS_CACHE"]
+# Session fixtures that export a real-model bundle (minutes each). Under pytest-xdist (`make test` runs
+# `-n auto --dist loadgroup`) the tests that use one run on one worker, so each is built once per run.
+SHARED_EXPORTS = ("real_executorch_8da4w", "real_executorch_8da8w", "js_int4_bundle")
+
+
+def pytest_configure(config):
+    """One results store (smolship/cache.py) for the whole run, set before pytest-xdist starts its workers:
+    tests, workers and the CLI processes they start share reference logits and statistics, and nothing is
+    left in the user's cache folder."""
+    if os.environ.get("SMOLSHIP_RESULTS_CACHE") or hasattr(config, "workerinput"):
+        return  # the user's own store, or a worker that inherited the controller's
+    config._smolship_results = tempfile.mkdtemp(prefix="smolship-test-results-")
+    os.environ["SMOLSHIP_RESULTS_CACHE"] = config._smolship_results
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_smolship_results", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("SMOLSHIP_RESULTS_CACHE", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for `--dist loadgroup`: a test that uses a shared real-model export goes with that export's
+    other tests; every other test stays with its file (module fixtures are built once)."""
+    for item in items:
+        shared = next((f for f in SHARED_EXPORTS if f in item.fixturenames), None)
+        item.add_marker(pytest.mark.xdist_group(shared or item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
