@@ -193,12 +193,13 @@ def check_export(model, targets: list[str], max_seq_len: int, eval_tokens, threa
     return max_seq_len, notes, jobs
 
 
-def check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file=None) -> None:
+def check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file=None, max_late_kld=None) -> None:
     check_int("--eval-tokens", eval_tokens, 0, None, "0 means the whole eval set")
     check_threads(threads)
     check_float("--max-kld", max_kld, 0.0)
     check_float("--min-top1", min_top1, 0.0, 1.0)
     check_float("--min-decode-tok-s", min_decode_tok_s, 0.0)
+    check_float("--max-late-kld", max_late_kld, 0.0)
     if eval_file is not None and not Path(eval_file).is_file():
         raise SmolshipError(f"--eval-file '{eval_file}' does not exist.", "Pass an existing text or .jsonl file.")
 

@@ -100,6 +100,9 @@ def export(
                              "every export, one bundle at a time."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Measure parity and latency (on by default)."),
+    long_context: bool = typer.Option(False, "--long-context", help="Also measure parity over a context filled to "
+                                      "--max-seq-len (early vs last quarter) and peak RSS with the cache full "
+                                      "(one decode per position: ~20 s a bundle at 2,048)."),
     eval_file: Optional[Path] = EvalFileOpt,
     eval_tokens: Optional[int] = EvalTokensOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -120,6 +123,9 @@ def export(
     if max_kld is not None and quant is not None:
         raise SmolshipError("--max-kld picks the recipe itself, so it cannot be combined with --quant.",
                             "Drop --quant, or drop --max-kld to export that exact recipe.")
+    if long_context and not validate:
+        raise SmolshipError("--long-context measures the bundles, but --no-validate turns measurement off.",
+                            "Drop --no-validate (or drop --long-context).")
     if max_kld is not None and not validate:
         raise SmolshipError("--max-kld needs measured parity, but --no-validate turns measurement off.",
                             "Drop --no-validate (or drop --max-kld).")
@@ -143,8 +149,8 @@ def export(
                                     "Pass --force to replace it, or choose another --out folder.")
     settings = None
     if validate:
-        settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None,
-                                      latency=LatencySettings(threads=threads))
+        settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, long_context=long_context,
+                                      latency=LatencySettings(threads=threads, full_context=long_context))
     options = ExportOptions(max_seq_len=max_seq_len, keep_embeddings_fp=keep_embeddings_fp)
     job_list = [TargetJob(model, t, [r.name for n, r in pairs if n == t], out, replace(options, extra=extras.get(t, {})),
                           settings, force, max_kld, show_progress=not json_out, latency_after=True)
