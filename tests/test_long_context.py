@@ -116,3 +116,26 @@ def test_a_late_kld_bound_without_the_measurement_is_not_passed_silently():
     row = {"bundle": "b", "kld_mean": 0.001}
     got = check(row, Thresholds(max_late_kld=0.01))
     assert got.passed and any("late_kld_mean not measured" in n for n in got.notes)
+
+
+def test_full_context_peak_rss_is_measured_in_a_fresh_worker(long_bundles, long_validator):
+    """--long-context's latency pass fills the cache to max_seq_len and records that peak; the default does not
+    (it would cost one decode per position)."""
+    from dataclasses import replace
+
+    from smolship.validation.latency import latency_in_worker
+
+    path, manifest = long_bundles("gguf")
+    quick = replace(long_validator.latency_settings(), runs=1, prompt_tokens=16, new_tokens=8)
+    assert quick.full_context
+    got = latency_in_worker(path, quick)
+    assert got["full_context_positions"] == manifest["max_seq_len"] == 128
+    assert got["full_context_peak_rss_mb"] >= got["peak_rss_mb"] > 10
+    plain = latency_in_worker(path, replace(quick, full_context=False))
+    assert "full_context_peak_rss_mb" not in plain
+    from smolship.validation.validate import save_latency
+
+    save_latency(path, manifest, got)
+    row = bundle_row(path)
+    assert row["full_context_peak_rss_mb"] == got["full_context_peak_rss_mb"]
+    assert "with the cache full (128 positions)" in (path / "README.md").read_text()
