@@ -99,6 +99,9 @@ def export(
                              "(as many as the cores and free memory hold) or a count. Latency is measured after "
                              "every export, one bundle at a time."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
+    device_memory: Optional[str] = typer.Option(None, "--device-memory", help="Memory the app may use on the device "
+                                                "(3GB, 3000MB, 2.5GiB): refuse, before any work, a bundle whose "
+                                                "weights (estimated) + KV cache at --max-seq-len exceed it."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Measure parity and latency (on by default)."),
     long_context: bool = typer.Option(False, "--long-context", help="Also measure parity over a context filled to "
                                       "--max-seq-len (early vs last quarter) and peak RSS with the cache full "
@@ -137,6 +140,13 @@ def export(
     # one entry per bundle: --jobs auto and the memory check count export processes, one per bundle
     max_seq_len, notes, jobs = check_export(model, [n for n, _ in pairs] if max_kld is None else targets, max_seq_len,
                                             eval_tokens, threads, jobs, max_kld, validate)
+    if device_memory is not None:  # weights (estimate) + KV cache at max_seq_len against the budget, before any work
+        from smolship.device_budget import check_device_memory
+        from smolship.preflight import peek_config
+
+        every = [(t, r.name, r.precision.value) for t in targets for r in get_target(t).recipes.values()]
+        check_device_memory(device_memory, peek_config(model), [(n, r.name, r.precision.value) for n, r in pairs],
+                            max_seq_len, every)
     for note in notes:
         console.print(f"[yellow]Note:[/] {note}")
     check_output_folder(out)
