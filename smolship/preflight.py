@@ -92,6 +92,22 @@ def kv_cache_bytes(cfg: LlamaConfig, max_seq_len: int, bytes_per_value: int = 4)
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * max_seq_len * bytes_per_value
 
 
+def kv_cache_text(cfg: LlamaConfig, max_seq_len: int | None = None) -> str:
+    """What the fp32 KV cache costs at `max_seq_len` (default: export's default, lowered to the model's limit
+    as check_max_seq_len does) and at the model's own limit, for `smolship inspect` and the README table."""
+    def size(n: int) -> str:
+        return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
+
+    limit = cfg.max_position_embeddings
+    at = max_seq_len or min(DEFAULT_MAX_SEQ_LEN, limit)
+    text = f"{size(kv_cache_bytes(cfg, at))} at {at} positions"
+    if max_seq_len is None:
+        text += " (export's default --max-seq-len" + (", lowered to the model's limit)" if at == limit else ")")
+    if at != limit:
+        text += f", {size(kv_cache_bytes(cfg, limit))} at the model's {limit}"
+    return text + f"; {kv_cache_bytes(cfg, 1) / 1e3:.1f} KB a position (fp32, K and V)"
+
+
 def export_memory_bytes(cfg: LlamaConfig, max_seq_len: int, targets: list[str] = ("onnx",), parallel: int = 1) -> int:
     """Estimated peak of exporting + validating `targets` (see the module docstring): one at a time, the
     hungriest target's peak; with `parallel` worker processes, the sum of the hungriest `parallel`."""

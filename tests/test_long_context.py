@@ -139,3 +139,29 @@ def test_full_context_peak_rss_is_measured_in_a_fresh_worker(long_bundles, long_
     row = bundle_row(path)
     assert row["full_context_peak_rss_mb"] == got["full_context_peak_rss_mb"]
     assert "with the cache full (128 positions)" in (path / "README.md").read_text()
+
+
+def test_inspect_shows_the_cache_cost_and_the_long_context_figures(long_bundles):
+    from test_cli import smolship
+
+    path, manifest = long_bundles("gguf")
+    proc = smolship("inspect", str(path))
+    assert proc.returncode == 0, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "KV cache" in out and "0.0 MB at 128 positions" not in out  # 2 layers x 2 heads x 16 x 128 x 2 x 4 B
+    assert "0.1 MB at 128 positions" in out and "long context kld early / late" in out
+
+
+def test_the_cache_cost_per_model_size_is_what_the_readme_says():
+    from pathlib import Path
+
+    from smolship.exporter.config import PRESETS
+    from smolship.preflight import kv_cache_text
+
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    for name, at_default, at_max in [("smollm2-135m", "94.4 MB", "377.5 MB"), ("smollm2-360m", "167.8 MB", "671.1 MB"),
+                                     ("smollm2-1.7b", "805.3 MB", "3.22 GB")]:
+        text = kv_cache_text(PRESETS[name])
+        assert f"{at_default} at 2048 positions (export's default --max-seq-len)" in text
+        assert f"{at_max} at the model's 8192" in text
+        assert f"| {at_default} | {at_max} |" in readme
