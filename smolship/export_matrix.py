@@ -146,6 +146,9 @@ def bundle_done_line(path: Path, manifest: dict, seconds: float) -> str:
     v = manifest.get("validation") or {}
     kld = v.get("kld_mean")
     parity = f"kld_mean {kld:.4f}  top-1 {v.get('top1_agreement', 0):.3f}" if kld is not None else "not validated"
+    lc = v.get("long_context") or {}
+    if "kld_mean_late" in lc:
+        parity += f"  late kld {lc['kld_mean_late']:.4f} ({lc['positions']} positions)"
     reused = "; ".join(f"{label}: {how}" for label, how in (manifest.get("cache") or {}).items())
     return (f"[green]done[/] [bold]{Path(path).name:<18}[/] {manifest.get('size_mb', 0):>7.1f} MB  {parity}  ({seconds:.0f} s)"
             + (f"  [dim]{reused}[/]" if reused else ""))
@@ -226,4 +229,6 @@ def speed_line(path: Path, result: dict) -> str:
 
     mark = f"  [yellow]{UNRELIABLE}: {result.get('latency_note')}[/]" if result.get("latency_reliable") is False else ""
     return (f"[green]speed[/] [bold]{path.name:<18}[/] decode {result['decode_tok_s']:>7.1f} tok/s  prefill "
-            f"{result['prefill_tok_s']:>7.1f} tok/s  ttft {result['ttft_ms']:.0f} ms{mark}")
+            f"{result['prefill_tok_s']:>7.1f} tok/s  ttft {result['ttft_ms']:.0f} ms"
+            + (f"  peak RSS {result['full_context_peak_rss_mb']:.0f} MB with the cache full"
+               if result.get("full_context_peak_rss_mb") is not None else "") + mark)

@@ -58,12 +58,29 @@ def _summary(m: dict) -> list[str]:
                 "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb", "threads"):
         if key in v:
             lines.append(f"| {key} | {_fmt(v[key])}{' ' + UNRELIABLE if unreliable(v, key) else ''} |")
+    lines += _long_context(v)
     if "decode_tok_s" not in v:
         lines.append("| speed | not measured at export |")
     if v.get("latency_note"):
         lines += ["", f"Latency note: {'speeds marked ' + UNRELIABLE + ' were measured under load: ' if unreliable(v) else ''}"
                       f"{v['latency_note']}"]
     return lines + _platforms(v.get("platforms") or [])
+
+
+def _long_context(v: dict) -> list[str]:
+    """Rows of the Measured table for a full context (issue 29): parity early / late, peak RSS with the cache full."""
+    lc, rows = v.get("long_context") or {}, []
+    if "kld_mean_late" in lc:
+        e, l = lc["early_positions"], lc["late_positions"]
+        rows += [f"| long context: kld_mean early (positions {e[0]}-{e[1] - 1}) / late ({l[0]}-{l[1] - 1}) "
+                 f"| {_fmt(lc['kld_mean_early'])} / {_fmt(lc['kld_mean_late'])} |",
+                 f"| long context: top1 early / late | {_fmt(lc['top1_early'])} / {_fmt(lc['top1_late'])} |"]
+    if lc.get("note"):
+        rows.append(f"| long context | {lc['note']} |")
+    if v.get("full_context_peak_rss_mb") is not None:
+        rows.append(f"| peak_rss_mb with the cache full ({v.get('full_context_positions')} positions) "
+                    f"| {_fmt(v['full_context_peak_rss_mb'])} |")
+    return rows
 
 
 def _platforms(rows: list[dict]) -> list[str]:

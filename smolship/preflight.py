@@ -92,6 +92,22 @@ def kv_cache_bytes(cfg: LlamaConfig, max_seq_len: int, bytes_per_value: int = 4)
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * max_seq_len * bytes_per_value
 
 
+def kv_cache_text(cfg: LlamaConfig, max_seq_len: int | None = None) -> str:
+    """What the fp32 KV cache costs at `max_seq_len` (default: export's default, lowered to the model's limit
+    as check_max_seq_len does) and at the model's own limit, for `smolship inspect` and the README table."""
+    def size(n: int) -> str:
+        return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
+
+    limit = cfg.max_position_embeddings
+    at = max_seq_len or min(DEFAULT_MAX_SEQ_LEN, limit)
+    text = f"{size(kv_cache_bytes(cfg, at))} at {at} positions"
+    if max_seq_len is None:
+        text += " (export's default --max-seq-len" + (", lowered to the model's limit)" if at == limit else ")")
+    if at != limit:
+        text += f", {size(kv_cache_bytes(cfg, limit))} at the model's {limit}"
+    return text + f"; {kv_cache_bytes(cfg, 1) / 1e3:.1f} KB a position (fp32, K and V)"
+
+
 def export_memory_bytes(cfg: LlamaConfig, max_seq_len: int, targets: list[str] = ("onnx",), parallel: int = 1) -> int:
     """Estimated peak of exporting + validating `targets` (see the module docstring): one at a time, the
     hungriest target's peak; with `parallel` worker processes, the sum of the hungriest `parallel`."""
@@ -193,12 +209,13 @@ def check_export(model, targets: list[str], max_seq_len: int, eval_tokens, threa
     return max_seq_len, notes, jobs
 
 
-def check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file=None) -> None:
+def check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file=None, max_late_kld=None) -> None:
     check_int("--eval-tokens", eval_tokens, 0, None, "0 means the whole eval set")
     check_threads(threads)
     check_float("--max-kld", max_kld, 0.0)
     check_float("--min-top1", min_top1, 0.0, 1.0)
     check_float("--min-decode-tok-s", min_decode_tok_s, 0.0)
+    check_float("--max-late-kld", max_late_kld, 0.0)
     if eval_file is not None and not Path(eval_file).is_file():
         raise SmolshipError(f"--eval-file '{eval_file}' does not exist.", "Pass an existing text or .jsonl file.")
 

@@ -84,6 +84,22 @@ class ReferenceRunner(Runner):
         with torch.inference_mode():
             return self.model(torch.tensor([ids], dtype=torch.int64), torch.tensor([start]))
 
+    def logits_rows(self, ids: Sequence[int], rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Teacher-forced logits of `rows` (sorted positions) of a long sequence, run `chunk` tokens a call
+        through the static cache (the same math as one call), so a 4,096-token context never holds all of
+        its (positions, vocab) logits at once: only the rows asked for are kept."""
+        self.reset()
+        self._check_room(0, len(ids))
+        rows = np.asarray(rows, dtype=np.int64)
+        out = []
+        for start in range(0, len(ids), chunk):
+            wanted = rows[(rows >= start) & (rows < start + chunk)]
+            logits = self._forward(list(ids[start:start + chunk]), start)[0]
+            if len(wanted):
+                out.append(logits[wanted - start].numpy().astype(np.float32, copy=False))
+        self.pos = len(ids)
+        return np.concatenate(out, axis=0) if out else np.zeros((0, self.model.cfg.vocab_size), dtype=np.float32)
+
     def full_logits(self, ids: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits of a whole sequence in one call (same math as prefill)."""
         return self.prefill(ids)

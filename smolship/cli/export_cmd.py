@@ -99,7 +99,13 @@ def export(
                              "(as many as the cores and free memory hold) or a count. Latency is measured after "
                              "every export, one bundle at a time."),
     force: bool = typer.Option(False, "--force", help="Replace existing bundles."),
+    device_memory: Optional[str] = typer.Option(None, "--device-memory", help="Memory the app may use on the device "
+                                                "(3GB, 3000MB, 2.5GiB): refuse, before any work, a bundle whose "
+                                                "weights (estimated) + KV cache at --max-seq-len exceed it."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Measure parity and latency (on by default)."),
+    long_context: bool = typer.Option(False, "--long-context", help="Also measure parity over a context filled to "
+                                      "--max-seq-len (early vs last quarter) and peak RSS with the cache full "
+                                      "(one decode per position: ~20 s a bundle at 2,048)."),
     eval_file: Optional[Path] = EvalFileOpt,
     eval_tokens: Optional[int] = EvalTokensOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -120,6 +126,9 @@ def export(
     if max_kld is not None and quant is not None:
         raise SmolshipError("--max-kld picks the recipe itself, so it cannot be combined with --quant.",
                             "Drop --quant, or drop --max-kld to export that exact recipe.")
+    if long_context and not validate:
+        raise SmolshipError("--long-context measures the bundles, but --no-validate turns measurement off.",
+                            "Drop --no-validate (or drop --long-context).")
     if max_kld is not None and not validate:
         raise SmolshipError("--max-kld needs measured parity, but --no-validate turns measurement off.",
                             "Drop --no-validate (or drop --max-kld).")
@@ -131,6 +140,13 @@ def export(
     # one entry per bundle: --jobs auto and the memory check count export processes, one per bundle
     max_seq_len, notes, jobs = check_export(model, [n for n, _ in pairs] if max_kld is None else targets, max_seq_len,
                                             eval_tokens, threads, jobs, max_kld, validate)
+    if device_memory is not None:  # weights (estimate) + KV cache at max_seq_len against the budget, before any work
+        from smolship.device_budget import check_device_memory
+        from smolship.preflight import peek_config
+
+        every = [(t, r.name, r.precision.value) for t in targets for r in get_target(t).recipes.values()]
+        check_device_memory(device_memory, peek_config(model), [(n, r.name, r.precision.value) for n, r in pairs],
+                            max_seq_len, every)
     for note in notes:
         console.print(f"[yellow]Note:[/] {note}")
     check_output_folder(out)
@@ -143,8 +159,8 @@ def export(
                                     "Pass --force to replace it, or choose another --out folder.")
     settings = None
     if validate:
-        settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None,
-                                      latency=LatencySettings(threads=threads))
+        settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, long_context=long_context,
+                                      latency=LatencySettings(threads=threads, full_context=long_context))
     options = ExportOptions(max_seq_len=max_seq_len, keep_embeddings_fp=keep_embeddings_fp)
     job_list = [TargetJob(model, t, [r.name for n, r in pairs if n == t], out, replace(options, extra=extras.get(t, {})),
                           settings, force, max_kld, show_progress=not json_out, latency_after=True)

@@ -61,6 +61,17 @@ def inspect(
                 ["integrity", "ok" if not bad else f"MISMATCH: {bad}"]]
         rows += [[k, shown(v, k)] for k in ("kld_mean", "top1_agreement", "max_abs_logit_diff", "decode_tok_s", "prefill_tok_s")
                  if k in v]
+        if manifest.get("config"):  # what the cache costs at this bundle's context (issue 29)
+            from smolship.exporter.config import LlamaConfig
+            from smolship.preflight import kv_cache_text
+
+            rows.append(["KV cache", kv_cache_text(LlamaConfig.from_dict(manifest["config"]), manifest["max_seq_len"])])
+        lc = v.get("long_context") or {}
+        if "kld_mean_late" in lc:
+            rows.append(["long context kld early / late", f"{lc['kld_mean_early']:.4g} / {lc['kld_mean_late']:.4g} "
+                                                          f"({lc['positions']} positions)"])
+        if v.get("full_context_peak_rss_mb") is not None:
+            rows.append(["peak RSS, cache full", f"{v['full_context_peak_rss_mb']} MB"])
         out_console.print(table(f"bundle {what}", ["key", "value"], rows))
         if bad:
             raise typer.Exit(1)
@@ -69,10 +80,13 @@ def inspect(
     if json_out:
         print_json(info)
         return
+    from smolship.exporter.config import LlamaConfig
+    from smolship.preflight import kv_cache_text
+
     c = info["config"]
     rows = [["name", info["name"]], ["source", info["source"]["ref"]], ["parameters", f"{info['n_params']:,}"],
             ["layers", c["num_layers"]], ["hidden", c["hidden_size"]], ["heads / kv heads", f"{c['num_heads']} / {c['num_kv_heads']}"],
             ["intermediate", c["intermediate_size"]], ["vocab", c["vocab_size"]], ["rope_theta", c["rope_theta"]],
             ["tied embeddings", c["tie_word_embeddings"]], ["stop tokens", ", ".join(info["tokenizer"]["stop_tokens"])],
-            ["chat template", info["tokenizer"]["chat_template"]]]
+            ["chat template", info["tokenizer"]["chat_template"]], ["KV cache", kv_cache_text(LlamaConfig.from_dict(c))]]
     out_console.print(table("model", ["key", "value"], rows))

@@ -32,6 +32,10 @@ def validate(
     max_kld: Optional[float] = typer.Option(None, "--max-kld", help="Gate: highest allowed kld_mean."),
     min_top1: Optional[float] = typer.Option(None, "--min-top1", help="Gate: lowest allowed top1_agreement."),
     min_decode_tok_s: Optional[float] = typer.Option(None, "--min-decode-tok-s", help="Gate: lowest allowed decode tok/s."),
+    long_context: bool = typer.Option(False, "--long-context", help="Also measure parity over a context filled to the "
+                                      "bundle's max_seq_len (early vs last quarter) and peak RSS with the cache full."),
+    max_late_kld: Optional[float] = typer.Option(None, "--max-late-kld", help="Gate: highest allowed kld_mean over the "
+                                                 "last quarter of a full context (implies --long-context)."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML (one test case per bundle)."),
     arch: Optional[List[str]] = typer.Option(None, "--arch", help="Also run the bundle in the arm64 build of its runtime "
                                              "under qemu: arm64 or arm64:<cpu> (repeatable; `make setup-arm64` first)."),
@@ -51,7 +55,8 @@ def validate(
     from smolship.cache import run_store
     from smolship.preflight import check_validate
 
-    check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file)
+    check_validate(eval_tokens, threads, max_kld, min_top1, min_decode_tok_s, eval_file, max_late_kld)
+    long_context = long_context or max_late_kld is not None  # a bound on it needs the measurement
     reused = cache.usage()
     with run_store(not no_cache):
         if arch or runtime:
@@ -63,7 +68,8 @@ def validate(
             check_project_gate(load_project_gate())
         manifests = _manifests(bundles, verify)
         settings = ValidationSettings(eval_file=eval_file, eval_tokens=eval_tokens or None, measure_latency=latency,
-                                      latency=LatencySettings(threads=threads))
+                                      long_context=long_context,
+                                      latency=LatencySettings(threads=threads, full_context=long_context))
         validators: dict[str, Validator] = {}
         rows = []
         for bundle, manifest in zip(bundles, manifests):
@@ -77,7 +83,7 @@ def validate(
         if gate or junit:
             from smolship.validation.gates import Thresholds, check, load_project_gate, thresholds_for
 
-            project, cli = load_project_gate(), Thresholds(max_kld, min_top1, min_decode_tok_s)
+            project, cli = load_project_gate(), Thresholds(max_kld, min_top1, min_decode_tok_s, max_late_kld)
             gate_results = [check(r, thresholds_for(r["precision"], project, cli)) for r in rows]
             if junit:
                 from smolship.validation.gates import write_junit

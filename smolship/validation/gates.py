@@ -27,6 +27,7 @@ class Thresholds:
     max_kld: float | None = None
     min_top1: float | None = None
     min_decode_tok_s: float | None = None
+    max_late_kld: float | None = None  # kld_mean over the last quarter of a full context (--long-context)
 
 
 @dataclass
@@ -71,7 +72,8 @@ def check(row: dict, t: Thresholds) -> GateResult:
     failures, notes = [], []
     checks = [("kld_mean", t.max_kld, lambda v, lim: v <= lim, "≤"),
               ("top1_agreement", t.min_top1, lambda v, lim: v >= lim, "≥"),
-              ("decode_tok_s", t.min_decode_tok_s, lambda v, lim: v >= lim, "≥")]
+              ("decode_tok_s", t.min_decode_tok_s, lambda v, lim: v >= lim, "≥"),
+              ("late_kld_mean", t.max_late_kld, lambda v, lim: v <= lim, "≤")]
     for metric, limit, ok, sign in checks:
         if limit is None:
             continue
@@ -96,7 +98,7 @@ def write_junit(path: Path, results: list[GateResult], rows: list[dict]) -> None
         for f in r.failures:
             ET.SubElement(case, "failure", message=f).text = f
         props = ET.SubElement(case, "properties")
-        for k in ("kld_mean", "top1_agreement", "decode_tok_s", "size_mb", "latency_reliable"):
+        for k in ("kld_mean", "top1_agreement", "decode_tok_s", "size_mb", "latency_reliable", "late_kld_mean"):
             if row.get(k) is not None:
                 ET.SubElement(props, "property", name=k, value=str(row[k]))
         if r.notes:

@@ -45,6 +45,7 @@ class LatencySettings:
     new_tokens: int = 128
     runs: int = 3
     threads: int | None = None
+    full_context: bool = False  # also fill the cache to max_seq_len and record that peak RSS (measure_full_context)
 
 
 def bench_prompt(vocab_size: int, n: int, seed: int = 0) -> list[int]:
@@ -84,6 +85,22 @@ def measure_latency(runner: Runner, vocab_size: int, settings: LatencySettings =
         "peak_rss_mb": peak_rss_mb(),
         **reliability(decode_s, prefill_s, others),
     }
+
+
+def measure_full_context(runner: Runner, vocab_size: int, prompt_tokens: int = 128) -> dict:
+    """Peak RSS with the KV cache full (issue 29): a prompt, then one decode per position up to max_seq_len,
+    as a chat that reaches the end of its context does. Run after `measure_latency` in the same fresh worker,
+    so `full_context_peak_rss_mb` is this process's peak over both (the full cache is the larger); decoding,
+    not one long prefill, fills the cache, so the figure is not inflated by a prompt's (n, vocab) logits."""
+    n = runner.max_seq_len
+    before = peak_rss_mb()  # VmHWM is updated lazily by the kernel: the figure never reads below the earlier peak
+    prompt = bench_prompt(vocab_size, max(1, min(prompt_tokens, n - 1)), seed=1)
+    t0 = time.perf_counter()
+    runner.prefill(prompt)
+    for tok in bench_prompt(vocab_size, n - len(prompt), seed=2):  # fixed ids: cost depends on length only
+        runner.decode(tok)
+    return {"full_context_positions": n, "full_context_peak_rss_mb": max(before, peak_rss_mb()),
+            "full_context_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def spread(times: list[float]) -> float:
@@ -144,6 +161,8 @@ def latency_in_worker(what: str, settings: LatencySettings = LatencySettings(), 
            "--new-tokens", str(settings.new_tokens)]
     if settings.threads:
         cmd += ["--threads", str(settings.threads)]
+    if settings.full_context:
+        cmd += ["--full-context"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(settings.threads), timeout=timeout)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])

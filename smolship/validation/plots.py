@@ -61,10 +61,12 @@ def report_html(report: dict, markdown_table: str) -> str:
             "decode_tok_s", "ttft_ms", "peak_rss_mb", "runtime_ran"]
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(row_cell(r, c))}</td>" for c in cols) + "</tr>" for r in rows)
+    long_table = _long_context_html(rows)
     m = report["machine"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     notes = sorted({r["runtime_note"] for r in rows if r.get("runtime_note")}
-                   | {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in rows if unreliable(r)})
+                   | {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in rows if unreliable(r)}
+                   | {f"{r['bundle']}: long context: {r['long_context_note']}" for r in rows if r.get("long_context_note")})
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>smolship report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:2em}}</style></head><body>
@@ -72,11 +74,27 @@ td:first-child,th:first-child{{text-align:left}}.plots{{display:flex;flex-wrap:w
 <p>Machine: {html.escape(m['system'])} {html.escape(m['machine'])}, {m['cpu_count']} cores, {m['threads']} threads.
 Libraries: {html.escape(libs)}.</p>
 <table><tr>{head}</tr>{body}</table>
+{long_table}
 {''.join(f'<p><em>{html.escape(n)}</em></p>' for n in notes)}
 <div class="plots"><div>{scatter_svg(rows, 'size_mb', 'kld_mean', 'kld_mean vs size (lower-left is better)', logy=True)}</div>
 <div>{scatter_svg(rows, 'size_mb', 'decode_tok_s', 'decode tok/s vs size')}</div></div>
 </body></html>
 """
+
+
+def _long_context_html(rows: list[dict]) -> str:
+    """The long-context table (issue 29), when any bundle was measured at full context."""
+    from smolship.validation.report import LONG_COLUMNS
+
+    rows = [r for r in rows if any(r.get(c) is not None for c in LONG_COLUMNS[1:])]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in LONG_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(row_cell(r, c))}</td>" for c in LONG_COLUMNS) + "</tr>"
+                   for r in rows)
+    return (f"<h2>Long context</h2><p>Parity over a context filled to max_seq_len with eval text: early = its first "
+            f"quarter, late = its last quarter; full-context peak RSS with the KV cache full.</p>"
+            f"<table><tr>{head}</tr>{body}</table>")
 
 
 def cell(v) -> str:

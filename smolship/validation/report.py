@@ -17,7 +17,7 @@ from smolship.validation.plots import report_html, row_cell
 
 ROW_KEYS = ["target", "recipe", "precision", "size_mb", "kld_mean", "kld_p99", "top1_agreement", "max_abs_logit_diff",
             "nll_ref", "nll_delta", "greedy_match", "prefill_tok_s", "decode_tok_s", "ttft_ms", "peak_rss_mb",
-            "threads", "runtime_ran", "runtime_note", "latency_reliable", "latency_note"]
+            "threads", "runtime_ran", "runtime_note", "latency_reliable", "latency_note", "full_context_peak_rss_mb"]
 
 
 def bundle_row(bundle: Path, manifest: dict | None = None, validation: dict | None = None) -> dict:
@@ -28,11 +28,43 @@ def bundle_row(bundle: Path, manifest: dict | None = None, validation: dict | No
            "size_mb": manifest.get("size_mb")}
     for k in ROW_KEYS:
         row.setdefault(k, v.get(k))
+    row.update(long_context_cells(v))
     if "weight_parity" in v:
         row["weight_parity"] = v["weight_parity"]
     if manifest.get("cache"):  # what the export took from the results cache
         row["cache"] = manifest["cache"]
     return row
+
+
+# validation.long_context and the full-context memory, flattened for tables and the gate (issue 29)
+LONG_KEYS = {"long_context_positions": "positions", "early_kld_mean": "kld_mean_early",
+             "late_kld_mean": "kld_mean_late", "early_top1": "top1_early", "late_top1": "top1_late"}
+LONG_COLUMNS = ["bundle", "long_context_positions", "early_kld_mean", "late_kld_mean", "early_top1", "late_top1",
+                "full_context_peak_rss_mb"]
+
+
+def long_context_cells(v: dict) -> dict:
+    lc = v.get("long_context") or {}
+    cells = {k: lc.get(src) for k, src in LONG_KEYS.items() if lc.get(src) is not None}
+    if lc.get("note"):
+        cells["long_context_note"] = lc["note"]
+    for k in ("full_context_positions", "full_context_peak_rss_mb"):
+        if v.get(k) is not None:
+            cells[k] = v[k]
+    return cells
+
+
+def long_context_markdown(rows: list[dict]) -> list[str]:
+    """The long-context table (report.md, and its rows in report.html): only when a bundle has one."""
+    rows = [r for r in rows if any(r.get(c) is not None for c in LONG_COLUMNS[1:])]
+    if not rows:
+        return []
+    return ["", "## Long context", "",
+            "Parity over a context filled to max_seq_len with eval text (teacher-forced through the runtime's decode "
+            "loop): early = its first quarter, late = its last quarter. Full-context peak RSS: the runtime's peak with "
+            "its KV cache full, in a fresh process.", "",
+            "| " + " | ".join(LONG_COLUMNS) + " |", "|" + "---|" * len(LONG_COLUMNS),
+            *("| " + " | ".join(row_cell(r, c) for c in LONG_COLUMNS) + " |" for r in rows)]
 
 
 def machine_info(threads: int | None = None) -> dict:
@@ -67,6 +99,8 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(row_cell(r, c) for c in cols) + " |")
     notes = {r["runtime_note"] for r in report["rows"] if r.get("runtime_note")}
     notes |= {f"{r['bundle']}: latency unreliable: {r['latency_note']}" for r in report["rows"] if unreliable(r)}
+    notes |= {f"{r['bundle']}: long context: {r['long_context_note']}" for r in report["rows"] if r.get("long_context_note")}
+    lines += long_context_markdown(report["rows"])
     lines += [""] + [f"- {n}" for n in sorted(notes)]
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,7 @@ from smolship.targets import get_target
 from smolship.validation.weight_parity import weight_parity
 from smolship.evalset import load_eval
 from smolship.validation.latency import LatencySettings, latency_in_worker
+from smolship.validation.long_context import LongReference, measure_long_context
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
 from smolship.validation.platforms import APP_RUNTIMES, PLATFORM_EVAL_TOKENS, app_platforms, measure_platforms
 
@@ -32,6 +33,8 @@ class ValidationSettings:
     parity: ParitySettings = field(default_factory=ParitySettings)
     latency: LatencySettings = field(default_factory=LatencySettings)
     measure_latency: bool = True
+    # parity over a whole context and peak RSS with the cache full (issue 29): opt-in, ~20 s a bundle at 2,048
+    long_context: bool = False
 
 
 def open_runner(what: str | Path, threads: int | None = None) -> tuple[Runner, int]:
@@ -71,6 +74,7 @@ class Validator:
         longest = max(len(d.ids) for d in self.docs) + settings.parity.greedy_tokens + 8
         self.reference = ReferenceCache(ReferenceRunner.from_source(source, max_seq_len=max(longest, 512)))
         self._platform_docs: dict[int, list] = {}
+        self.long_reference = LongReference(source) if settings.long_context else None
 
     def validate(self, bundle: Path, manifest: dict | None = None, progress=None) -> dict:
         manifest = manifest or read_manifest(bundle)
@@ -81,10 +85,16 @@ class Validator:
             runner = target.load_runner(bundle, manifest)
             try:
                 result.update(measure_parity(runner, self.reference, self.docs, self.settings.parity, progress))
+                if self.long_reference is not None:
+                    result["long_context"] = measure_long_context(
+                        runner, self.long_reference, self.source.tokenizer, self.settings.parity.prefill_len,
+                        self.settings.eval_file, progress)
             finally:
                 runner.close()
             if self.settings.measure_latency:
-                result.update(latency_in_worker(bundle, self.settings.latency))
+                result.update(latency_in_worker(bundle, self.latency_settings()))
+        elif self.long_reference is not None:
+            result["long_context"] = {"note": f"not measured: {why}"}
         if can_run and manifest["target"] in APP_PINNED_TARGETS:  # the runtime versions the apps ship
             result["platforms"] = self.platform_rows(bundle, manifest, app_platforms_or_note(manifest["target"]), progress)
         weight = weight_parity(target, bundle, manifest, self.source, self.reference, self.docs, self.settings.parity)
@@ -94,6 +104,11 @@ class Validator:
                 result.update({k: weight[k] for k in ("kld_mean", "top1_agreement", "max_abs_logit_diff") if k in weight})
         return result
 
+    def latency_settings(self) -> LatencySettings:
+        """The latency settings, with the full-context memory measurement when long context is on."""
+        from dataclasses import replace
+
+        return replace(self.settings.latency, full_context=True) if self.settings.long_context else self.settings.latency
 
     def platform_docs(self, tokens: int = PLATFORM_EVAL_TOKENS) -> list:
         if tokens not in self._platform_docs:
