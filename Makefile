@@ -55,10 +55,10 @@ demo: setup
 	$(VENV)/bin/smolship export --out $(OUT) --force
 
 test: setup setup-js setup-arm64
-	$(PY) -m pytest -q --durations=30 --timeout=$(TEST_TIMEOUT)
+	$(PY) -m pytest -q -n auto --dist loadgroup --durations=30 --timeout=$(TEST_TIMEOUT)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" --durations=15 --timeout=$(TEST_TIMEOUT)
+	$(PY) -m pytest -q -n auto --dist loadgroup -m "not slow" --durations=15 --timeout=$(TEST_TIMEOUT)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

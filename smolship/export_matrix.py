@@ -1,4 +1,4 @@
-"""Several targets in one command: one worker process per target (a crash in one cannot lose the
+"""Several targets in one command: one worker process per bundle or target (a crash in one cannot lose the
 others), `--jobs N` of them at a time, and the parity budget (`--max-kld`): the smallest recipe whose
 measured kld_mean fits wins.
 
@@ -172,7 +172,7 @@ def _run_reporting(job: TargetJob) -> TargetOutcome:
 
 
 def run_jobs(jobs: list[TargetJob], parallel: int = 1) -> list[TargetOutcome]:
-    """One fresh process per target (spawned, so no state leaks between runtimes); the parent draws every
+    """One fresh process per job, a bundle or a target (spawned: no state leaks between runtimes); the parent draws every
     worker's progress, one line per bundle (logs.progress_from)."""
     from smolship.logs import progress_from
 

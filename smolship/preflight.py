@@ -168,7 +168,7 @@ def parse_jobs(value) -> int | str:
     except ValueError:
         raise SmolshipError(f"--jobs '{value}' is neither a number nor 'auto'.",
                             "Pass --jobs auto (as many as the cores and free memory hold) or a count such as --jobs 2.") from None
-    check_int("--jobs", jobs, 1, None, "one process per target")
+    check_int("--jobs", jobs, 1, None, "one process per bundle")
     return jobs
 
 

@@ -40,10 +40,15 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Groups for `--dist loadgroup`: a test that uses a shared real-model export goes with that export's
-    other tests; every other test stays with its file (module fixtures are built once)."""
+    other tests; every other test stays with its file (module fixtures are built once). Groups holding a
+    real-model (slow) test run first, so the long ones do not end the run on one worker alone."""
+    group_of = {}
     for item in items:
         shared = next((f for f in SHARED_EXPORTS if f in item.fixturenames), None)
-        item.add_marker(pytest.mark.xdist_group(shared or item.nodeid.split("::")[0]))
+        group_of[item] = shared or item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group_of[item]))
+    heavy = {group_of[item] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: group_of[item] not in heavy)  # stable: the order within each part is kept
 
 
 @pytest.fixture(scope="session")
