@@ -54,15 +54,18 @@ class TargetOutcome:
 # What one bundle of each target costs to export and validate, relative to GGUF (the default model on a quiet
 # 2-core machine, issue 26: ExecuTorch 261-316 s, Core ML 98-131 s, ONNX 112-127 s, GGUF 93-94 s).
 BUNDLE_COST = {"executorch": 3.0, "onnx": 1.3, "coreml": 1.2, "gguf": 1.0}
+# Targets whose recipes share work inside one process: Core ML converts once and compresses each recipe
+# from that fp16 package (coreml/target.py), so its recipes stay in one job.
+KEEP_TOGETHER = {"coreml"}
 
 
 def one_job_per_bundle(jobs: list[TargetJob]) -> list[TargetJob]:
     """Split target jobs into one job per bundle, scheduled for `run_jobs`: the cheapest bundle first (a
     newcomer sees a finished bundle within minutes), then the most expensive first, so the long exports do
-    not end up alone at the end of the run. A parity-budget job (max_kld) keeps its recipes together: it
-    stops at the first one that fits."""
-    split = [replace(j, recipes=[r], log_name=f"export-{j.target}-{r}.log") if j.max_kld is None else j
-             for j in jobs for r in (j.recipes if j.max_kld is None else [None])]
+    not end up alone at the end of the run. A parity-budget job (max_kld) keeps its recipes together (it
+    stops at the first one that fits), and so does a target in KEEP_TOGETHER."""
+    split = [replace(j, recipes=[r], log_name=f"export-{j.target}-{r}.log") if r is not None else j
+             for j in jobs for r in (j.recipes if j.max_kld is None and j.target not in KEEP_TOGETHER else [None])]
     if len(split) < 3:
         return split
     def cost(job):

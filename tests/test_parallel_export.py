@@ -135,3 +135,5 @@ def test_one_job_per_bundle_puts_a_quick_bundle_first_then_the_longest():
     assert len({j.log_name for j in split}) == 6 and split[0].log_name == "export-gguf-q8_0.log"
     budget = TargetJob(None, "onnx", ["int4", "int8"], Path("o"), opts, None, max_kld=0.01)
     assert one_job_per_bundle([budget]) == [budget]  # a parity budget stops at the first recipe that fits
+    coreml = TargetJob(None, "coreml", ["fp16", "w8", "w4"], Path("o"), opts, None)
+    assert one_job_per_bundle([coreml]) == [coreml]  # one fp16 conversion serves its three recipes
