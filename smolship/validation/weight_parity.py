@@ -16,6 +16,10 @@ from smolship.evalset import EvalDoc
 from smolship.validation.parity import ParitySettings, ReferenceCache, measure_parity
 
 GRAPH_KEYS = ("kld_mean", "top1_agreement", "max_abs_logit_diff", "nll_delta", "greedy_match")
+# The fp16-graph check is a diagnostic beside the headline (it emulates fp16 arithmetic, ~5x slower than the
+# weights' fp32 pass): the eval set's first documents up to this many tokens, two short greedy prompts.
+GRAPH_CHECK_TOKENS = 512
+GRAPH_CHECK = ParitySettings(greedy_prompts=2, greedy_tokens=16)
 
 
 @contextlib.contextmanager
@@ -29,6 +33,17 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def leading(docs: list[EvalDoc], tokens: int) -> list[EvalDoc]:
+    """The first documents holding `tokens` tokens (at least one)."""
+    out, total = [], 0
+    for doc in docs:
+        if out and total + len(doc.ids) > tokens:
+            break
+        out.append(doc)
+        total += len(doc.ids)
+    return out
 
 
 def weight_parity(target, bundle: Path, manifest: dict, source, reference: ReferenceCache, docs: list[EvalDoc],
@@ -53,7 +68,8 @@ def weight_parity(target, bundle: Path, manifest: dict, source, reference: Refer
         graph = None
         if with_graph:
             try:
-                got = measure_parity(stored.graph_runner(seq), reference, docs, settings)
+                got = measure_parity(stored.graph_runner(seq), reference, leading(docs, GRAPH_CHECK_TOKENS),
+                                     replace(GRAPH_CHECK, prefill_len=seq))
                 graph = {k: got[k] for k in GRAPH_KEYS}
             except ValueError as e:  # measure_parity refuses non-finite logits: an fp16 overflow
                 graph = {"error": str(e)}
