@@ -51,6 +51,10 @@ def test_atheris_bounded_run(reader, tmp_path):
     new.mkdir()
     cmd = [sys.executable, str(HERE / "run.py"), reader, f"-max_total_time={SECONDS}", "-rss_limit_mb=3072",
            "-timeout=20", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(new), str(CORPUS / reader)]
+    # Started by a shell that forks it (no exec): Linux carries a process's peak RSS across exec, so a
+    # fuzzer exec'd straight from a test worker that has exported real models (9.5 GB) would read that
+    # peak as its own and stop at once with "out-of-memory" over its 3 GB limit.
+    cmd = ["sh", "-c", '"$@"; exit $?', "sh", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 120)
     crashes = sorted(p.name for p in tmp_path.glob("*") if p.is_file())
     assert proc.returncode == 0 and not crashes, f"{crashes}\n{proc.stderr[-4000:]}"
