@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,31 +25,69 @@ SHARED_EXPORTS = ("real_executorch_8da4w", "real_executorch_8da8w", "js_int4_bun
 def pytest_configure(config):
     """One results store (smolship/cache.py) for the whole run, set before pytest-xdist starts its workers:
     tests, workers and the CLI processes they start share reference logits and statistics, and nothing is
-    left in the user's cache folder."""
-    if os.environ.get("SMOLSHIP_RESULTS_CACHE") or hasattr(config, "workerinput"):
-        return  # the user's own store, or a worker that inherited the controller's
-    config._smolship_results = tempfile.mkdtemp(prefix="smolship-test-results-")
-    os.environ["SMOLSHIP_RESULTS_CACHE"] = config._smolship_results
+    left in the user's cache folder. Also the file where workers leave each test's group (below)."""
+    if hasattr(config, "workerinput"):
+        return  # a worker inherits the controller's environment
+    config._smolship_tmp = tempfile.mkdtemp(prefix="smolship-test-run-")
+    os.environ["SMOLSHIP_TEST_GROUPS"] = os.path.join(config._smolship_tmp, "groups.json")
+    if not os.environ.get("SMOLSHIP_RESULTS_CACHE"):  # else the user's own store
+        os.environ["SMOLSHIP_RESULTS_CACHE"] = os.path.join(config._smolship_tmp, "results")
+        config._smolship_results = True
 
 
 def pytest_unconfigure(config):
-    folder = getattr(config, "_smolship_results", None)
+    folder = getattr(config, "_smolship_tmp", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
-        os.environ.pop("SMOLSHIP_RESULTS_CACHE", None)
+        os.environ.pop("SMOLSHIP_TEST_GROUPS", None)
+        if getattr(config, "_smolship_results", False):
+            os.environ.pop("SMOLSHIP_RESULTS_CACHE", None)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook turns the groups into node ids
 def pytest_collection_modifyitems(config, items):
     """Groups for `--dist loadgroup`: a test that uses a shared real-model export goes with that export's
-    other tests; every other test stays with its file (module fixtures are built once). Groups holding a
-    real-model (slow) test run first, so the long ones do not end the run on one worker alone."""
+    other tests; every other test stays with its file (module fixtures are built once); a test that fetches
+    a shared export with request.getfixturevalue names its group itself. Groups holding a real-model (slow)
+    test run first, so the long ones do not end the run on one worker alone."""
     group_of = {}
     for item in items:
+        own = item.get_closest_marker("xdist_group")
+        if own is not None:
+            group_of[item] = own.args[0]
+            continue
         shared = next((f for f in SHARED_EXPORTS if f in item.fixturenames), None)
         group_of[item] = shared or item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group_of[item]))
     heavy = {group_of[item] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: group_of[item] not in heavy)  # stable: the order within each part is kept
+    where = os.environ.get("SMOLSHIP_TEST_GROUPS")
+    if where and hasattr(config, "workerinput"):  # for the controller's scheduler (every worker writes the same)
+        tmp = f"{where}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({item.nodeid: group_of[item] for item in items}, f)
+        os.replace(tmp, where)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` by the groups above. pytest-xdist 3.8's own loadgroup names a group by rewriting node
+    ids, which pytest 9 no longer allows (its tests then spread one by one); this scheduler reads the groups
+    the workers wrote while collecting."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        groups: dict | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                with open(os.environ["SMOLSHIP_TEST_GROUPS"]) as f:
+                    self.groups = json.load(f)
+            return self.groups.get(nodeid, nodeid.split("::")[0])
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,10 @@ def real_gguf_q4_k_m(default_model, tmp_path_factory):
 
 @needs_arm64
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["onnx", "executorch", "gguf"])
+@pytest.mark.parametrize("target", [  # each with the tests of the shared export it reuses (conftest.SHARED_EXPORTS)
+    pytest.param("onnx", marks=pytest.mark.xdist_group("js_int4_bundle")),
+    pytest.param("executorch", marks=pytest.mark.xdist_group("real_executorch_8da4w")),
+    "gguf"])
 def test_real_4bit_bundle_on_arm64_with_its_x86_figure(target, request, default_validator):
     """The default 4-bit bundle of each runtime (what phones load) on the arm64 build of its runtime, 256 eval
     tokens through its own decode loop, beside the x86 build on the same tokens; both platforms are recorded
