@@ -32,6 +32,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from smolship.exporter.sources import sha256_file
+
 ENTRY = "entry.json"
 DEFAULT_MAX_GB = 4.0
 FORMAT = 1  # entry layout version: part of every key
@@ -103,14 +105,6 @@ def key_digest(kind: str, key: dict) -> str:
     return hashlib.sha256(json.dumps({"kind": kind, "format": FORMAT, **key}, sort_keys=True).encode()).hexdigest()
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def note(label: str, reused: bool) -> None:
     """Count one lookup of `label` ("reference logits", "calibration statistics") in this process."""
     _usage.setdefault(label, Counter())["cached" if reused else "computed"] += 1
@@ -149,7 +143,7 @@ class Store:
             arrays = {}
             for name, f in meta["arrays"].items():
                 path = entry / f["file"]
-                if path.stat().st_size != f["bytes"] or file_sha256(path) != f["sha256"]:
+                if path.stat().st_size != f["bytes"] or sha256_file(path) != f["sha256"]:
                     raise ValueError(f"{path} does not match its entry.json")
                 arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
                 if list(arr.shape) != f["shape"] or str(arr.dtype) != f["dtype"]:
@@ -178,7 +172,7 @@ class Store:
                 path = tmp / f"{i}.npy"
                 np.save(path, arr, allow_pickle=False)
                 files[name] = {"file": path.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                               "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                               "bytes": path.stat().st_size, "sha256": sha256_file(path)}
             (tmp / ENTRY).write_text(json.dumps({"kind": kind, "key": key, "arrays": files,
                                                  "created": time.time()}, indent=1, default=str))
             tmp.chmod(0o755)
